@@ -1,0 +1,51 @@
+"""The Celery app: one configuration for every worker, and the beat schedule in one place.
+
+Every Switchyard task is idempotent (it takes ids and re-derives what to do from
+the database), so messages are acknowledged late and re-queued if a worker dies
+mid-task: a task may run twice, never zero times.
+"""
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+app = Celery("switchyard")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+QUEUES = ("default", "reconcile", "metering", "billing")
+
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_expires=3600,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_time_limit=300,
+    task_soft_time_limit=240,
+    task_default_queue="default",
+    task_queues=[Queue(name) for name in QUEUES],
+    # Each app's tasks go to its own queue, so a flood of one kind of work
+    # cannot starve another; `manage.py up` runs one worker on all of them.
+    task_routes={
+        "scheduler.tasks.*": {"queue": "reconcile"},
+        "billing.tasks.*": {"queue": "metering"},
+    },
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "purge-expired-idempotency-records": {
+            "task": "tenants.tasks.idempotency_purge_task",
+            "schedule": 3600.0,
+        },
+        "record-beat-heartbeat": {
+            "task": "console.tasks.heartbeat_task",
+            "schedule": 30.0,
+        },
+    },
+)
+app.autodiscover_tasks()

@@ -1,0 +1,129 @@
+"""The base of every tenant API view: scopes, one transaction per write, idempotent POSTs,
+strict input (unknown fields are errors), and the helpers views fetch objects with."""
+
+from django.db import transaction
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tenants.context import Actor
+from tenants.idempotency import (
+    IdempotencyProblem,
+    Replay,
+    idempotency_claim,
+    idempotency_complete,
+    idempotency_release,
+    request_fingerprint,
+)
+from tenants.problems import PROBLEM_CONTENT_TYPE, SLUGS, problem_body
+from tenants.requests import actor_for_request
+from tenants.scoping import get_owned, scoped
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class StrictSerializer(serializers.Serializer):
+    """Input serializer that refuses fields it does not know, instead of ignoring them."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - {name for name, field in self.fields.items() if not field.read_only})
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class TenantAPIView(APIView):
+    """Every tenant-facing API view derives from this.
+
+    Subclasses set `required_scopes` ({"GET": "read", …}) and read objects only
+    through `self.scoped(...)` / `self.get_owned(...)`.
+    """
+
+    required_scopes: dict[str, str] = {}
+
+    @property
+    def actor(self) -> Actor:
+        return actor_for_request(self.request)
+
+    def scoped(self, source):
+        return scoped(source, self.actor.tenant)
+
+    def get_owned(self, source, public_id):
+        return get_owned(source, self.actor.tenant, public_id)
+
+    def dispatch(self, request, *args, **kwargs):
+        # DRF's APIView.dispatch, plus: unsafe methods run in one transaction, and a
+        # POST with an Idempotency-Key stores its response in that same transaction.
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        claim = None
+        try:
+            self.initial(request, *args, **kwargs)
+            claim = self._idempotency_claim(request)
+            if isinstance(claim, Replay):
+                response = Response(claim.body, status=claim.status, headers={"Idempotent-Replayed": "true"})
+                claim = None
+            else:
+                response = self._run_handler(request, claim, *args, **kwargs)
+        except Exception as exc:
+            if claim is not None:
+                idempotency_release(claim)
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+    def _run_handler(self, request, claim, *args, **kwargs):
+        handler = getattr(self, request.method.lower(), self.http_method_not_allowed)
+        if request.method not in UNSAFE_METHODS:
+            return handler(request, *args, **kwargs)
+        with transaction.atomic():
+            response = handler(request, *args, **kwargs)
+            if claim is not None and response.status_code < 500:
+                idempotency_complete(claim, response.status_code, response.data)
+        if claim is not None and response.status_code >= 500:
+            idempotency_release(claim)
+        return response
+
+    def _idempotency_claim(self, request):
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY")
+        if request.method != "POST" or key is None:
+            return None
+        # Reading the body here caches it; DRF's parser then reads the cached copy.
+        fingerprint = request_fingerprint(request.method, request.path, request._request.body)
+        try:
+            return idempotency_claim(actor=self.actor, key=key, fingerprint=fingerprint)
+        except IdempotencyProblem as problem:
+            body = problem_body(problem.status, problem.detail, slug=SLUGS.get(problem.status),
+                                instance=request.path)
+            response = Response(body, status=problem.status)
+            response.content_type = PROBLEM_CONTENT_TYPE
+            raise _Answer(response) from None
+
+    def handle_exception(self, exc):
+        if isinstance(exc, _Answer):
+            return exc.response
+        return super().handle_exception(exc)
+
+
+class _Answer(Exception):
+    """Carries a finished response out of `initial`-time checks."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def page_of(item_serializer: type[serializers.Serializer], *, cursor: bool = False) -> type[serializers.Serializer]:
+    """The schema of a paginated list of `item_serializer` (page numbers, or a cursor for large lists)."""
+    fields = {
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": item_serializer(many=True),
+    }
+    if not cursor:
+        fields["count"] = serializers.IntegerField()
+    name = item_serializer.__name__.removesuffix("Output")
+    return type(f"{'Cursor' if cursor else ''}Paginated{name}List", (serializers.Serializer,), fields)

@@ -1,0 +1,30 @@
+"""Reads of the tenancy layer; every one takes the tenant it reads for."""
+
+from datetime import datetime
+
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
+from tenants.scoping import scoped
+
+
+def membership_list_for_tenant(tenant: Tenant):
+    return scoped(Membership, tenant).select_related("user").order_by("created_at", "id")
+
+
+def invitation_list_for_tenant(tenant: Tenant):
+    return scoped(Invitation, tenant).select_related("invited_by").order_by("-created_at", "-id")
+
+
+def api_key_list_for_tenant(tenant: Tenant):
+    return scoped(ApiKey, tenant).select_related("created_by").order_by("-created_at", "-id")
+
+
+def audit_event_list_for_tenant(tenant: Tenant, *, action: str | None = None, since: datetime | None = None,
+                                until: datetime | None = None):
+    events = scoped(AuditEvent, tenant)
+    if action:
+        events = events.filter(action=action)
+    if since:
+        events = events.filter(created_at__gte=since)
+    if until:
+        events = events.filter(created_at__lt=until)
+    return events

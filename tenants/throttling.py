@@ -1,0 +1,84 @@
+"""Per-credential rate limits with an atomic counter.
+
+Fixed windows: each credential may make N requests per window. The counter is a
+Redis INCR when Redis is configured, else an upsert in the database; either way
+the increment and the read are one atomic step, so concurrent requests from many
+processes cannot all slip under the limit.
+"""
+
+import time
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from rest_framework.throttling import BaseThrottle
+
+from tenants.requests import client_ip
+
+PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """'1200/minute' → (1200, 60)."""
+    count, _, period = rate.partition("/")
+    try:
+        return int(count), PERIODS[period]
+    except (ValueError, KeyError):
+        raise ValueError(f"Bad rate {rate!r}: expected '<count>/<second|minute|hour|day>'") from None
+
+
+@lru_cache(maxsize=1)
+def _redis():
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _hit_redis(bucket: str, ttl: int) -> int:
+    pipe = _redis().pipeline(transaction=True)
+    pipe.incr(bucket)
+    pipe.expire(bucket, ttl, nx=True)
+    count, _ = pipe.execute()
+    return int(count)
+
+
+def _hit_database(bucket: str, ttl: int) -> int:
+    expires_at = timezone.now() + timezone.timedelta(seconds=ttl)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tenants_ratecounter (bucket, count, expires_at) VALUES (%s, 1, %s) "
+            "ON CONFLICT (bucket) DO UPDATE SET count = tenants_ratecounter.count + 1 RETURNING count",
+            [bucket, expires_at],
+        )
+        return cursor.fetchone()[0]
+
+
+def rate_counter_hit(bucket: str, ttl: int) -> int:
+    """Add one to the bucket's counter; return the new count."""
+    return _hit_redis(bucket, ttl) if settings.REDIS_URL else _hit_database(bucket, ttl)
+
+
+def principal_of(request) -> str:
+    user = request.user
+    api_key = getattr(user, "api_key", None)
+    if api_key is not None:
+        return f"key:{api_key.prefix}"
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"ip:{client_ip(request)}"
+
+
+class CredentialRateThrottle(BaseThrottle):
+    """SWITCHYARD_API_RATE_LIMIT requests per window for each API key, user or anonymous IP."""
+
+    def allow_request(self, request, view) -> bool:
+        limit, period = parse_rate(settings.API_RATE_LIMIT)
+        now = time.time()
+        window = int(now // period)
+        self.retry_after = (window + 1) * period - now
+        bucket = f"throttle:{principal_of(request)}:{period}:{window}"
+        return rate_counter_hit(bucket, ttl=period * 2) <= limit
+
+    def wait(self) -> float:
+        return self.retry_after
