@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.authentication import BaseAuthentication
 
 from tenants.keys import parse_key, secret_matches
 from tenants.models import ApiKey
@@ -72,7 +72,3 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return f'{self.keyword} realm="switchyard"'
-
-
-class ConsoleSessionAuthentication(SessionAuthentication):
-    """The console's browser session, with Django's CSRF check on unsafe methods."""
