@@ -82,3 +82,11 @@ class CredentialRateThrottle(BaseThrottle):
 
     def wait(self) -> float:
         return self.retry_after
+
+
+def rate_counter_purge() -> int:
+    """Drop database counters of windows that are over (Redis expires its own)."""
+    from tenants.models import RateCounter
+
+    deleted, _ = RateCounter.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted
