@@ -3,11 +3,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from console import ops, views
+from scheduler.urls import api_urlpatterns as scheduler_api
 from tenants.urls import api_urlpatterns as tenant_api
 from tenants.urls import urlpatterns as tenant_pages
 
 api_v1 = [
     *tenant_api,
+    *scheduler_api,
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]
 

@@ -6,8 +6,8 @@ from rest_framework.response import Response
 
 from tenants import selectors, services
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
-from tenants.pagination import PagePagination, RecentFirstCursorPagination
-from tenants.rest import StrictSerializer, TenantAPIView, page_of
+from tenants.pagination import RecentFirstCursorPagination
+from tenants.rest import StrictSerializer, TenantAPIView, page_of, paginated, valid
 from tenants.roles import Role, Scope
 
 # --- Tenant -------------------------------------------------------------------------------
@@ -38,21 +38,9 @@ class TenantView(TenantAPIView):
 
     @extend_schema(operation_id="tenant_update", request=TenantPatchInput, responses=TenantOutput)
     def patch(self, request):
-        data = _valid(TenantPatchInput, request.data)
+        data = valid(TenantPatchInput, request.data)
         tenant = services.tenant_update(actor=self.actor, **data)
         return Response(TenantOutput(tenant).data)
-
-
-def _valid(serializer_class, data, **kwargs) -> dict:
-    serializer = serializer_class(data=data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-def _paginated(view: TenantAPIView, queryset, serializer_class, paginator_class=PagePagination):
-    paginator = paginator_class()
-    page = paginator.paginate_queryset(queryset, view.request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 # --- Members ------------------------------------------------------------------------------
@@ -77,7 +65,7 @@ class MemberListView(TenantAPIView):
 
     @extend_schema(operation_id="members_list", responses=page_of(MemberOutput))
     def get(self, request):
-        return _paginated(self, selectors.membership_list_for_tenant(self.actor.tenant), MemberOutput)
+        return paginated(self, selectors.membership_list_for_tenant(self.actor.tenant), MemberOutput)
 
 
 class MemberDetailView(TenantAPIView):
@@ -93,7 +81,7 @@ class MemberDetailView(TenantAPIView):
     @extend_schema(operation_id="members_update", request=MemberPatchInput, responses=MemberOutput)
     def patch(self, request, member_id):
         membership = self._membership(member_id)
-        data = _valid(MemberPatchInput, request.data)
+        data = valid(MemberPatchInput, request.data)
         membership = services.membership_change_role(actor=self.actor, membership=membership, role=data["role"])
         return Response(MemberOutput(membership).data)
 
@@ -126,14 +114,14 @@ class InvitationListView(TenantAPIView):
 
     @extend_schema(operation_id="invitations_list", responses=page_of(InvitationOutput))
     def get(self, request):
-        return _paginated(self, selectors.invitation_list_for_tenant(self.actor.tenant), InvitationOutput)
+        return paginated(self, selectors.invitation_list_for_tenant(self.actor.tenant), InvitationOutput)
 
     @extend_schema(
         operation_id="invitations_create", request=InvitationCreateInput, responses={201: InvitationOutput},
         description="Emails an invitation link (valid for SWITCHYARD_INVITATION_TTL_HOURS) to the address.",
     )
     def post(self, request):
-        data = _valid(InvitationCreateInput, request.data)
+        data = valid(InvitationCreateInput, request.data)
         invitation, _token = services.invitation_create(actor=self.actor, email=data["email"], role=data["role"])
         return Response(InvitationOutput(invitation).data, status=status.HTTP_201_CREATED)
 
@@ -188,12 +176,12 @@ class ApiKeyListView(TenantAPIView):
 
     @extend_schema(operation_id="api_keys_list", responses=page_of(ApiKeyOutput))
     def get(self, request):
-        return _paginated(self, selectors.api_key_list_for_tenant(self.actor.tenant), ApiKeyOutput)
+        return paginated(self, selectors.api_key_list_for_tenant(self.actor.tenant), ApiKeyOutput)
 
     @extend_schema(operation_id="api_keys_create", request=ApiKeyCreateInput, responses={201: ApiKeyCreatedOutput},
                    description="Creates a key. The response's `key` is the only time the secret is shown.")
     def post(self, request):
-        data = _valid(ApiKeyCreateInput, request.data)
+        data = valid(ApiKeyCreateInput, request.data)
         key, plaintext = services.api_key_create(actor=self.actor, name=data["name"], scopes=data["scopes"],
                                                  expires_at=data.get("expires_at"))
         key.key = plaintext
@@ -246,11 +234,11 @@ class AuditEventListView(TenantAPIView):
                     OpenApiParameter("until", str)],
     )
     def get(self, request):
-        filters = _valid(AuditEventFilter, request.query_params.dict())
+        filters = valid(AuditEventFilter, request.query_params.dict())
         filters.pop("cursor", None)
         filters.pop("page_size", None)
         events = selectors.audit_event_list_for_tenant(self.actor.tenant, **filters)
-        return _paginated(self, events, AuditEventOutput, RecentFirstCursorPagination)
+        return paginated(self, events, AuditEventOutput, RecentFirstCursorPagination)
 
 
 class AuditEventDetailView(TenantAPIView):

@@ -15,6 +15,7 @@ from tenants.idempotency import (
     idempotency_release,
     request_fingerprint,
 )
+from tenants.pagination import PagePagination
 from tenants.problems import PROBLEM_CONTENT_TYPE, SLUGS, problem_body
 from tenants.requests import actor_for_request
 from tenants.scoping import get_owned, scoped
@@ -127,3 +128,16 @@ def page_of(item_serializer: type[serializers.Serializer], *, cursor: bool = Fal
         fields["count"] = serializers.IntegerField()
     name = item_serializer.__name__.removesuffix("Output")
     return type(f"{'Cursor' if cursor else ''}Paginated{name}List", (serializers.Serializer,), fields)
+
+
+def valid(serializer_class: type[serializers.Serializer], data, **kwargs) -> dict:
+    """The validated input, or a ValidationError (→ 400 problem with field errors)."""
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def paginated(view: APIView, queryset, serializer_class, paginator_class=PagePagination) -> Response:
+    paginator = paginator_class()
+    page = paginator.paginate_queryset(queryset, view.request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)

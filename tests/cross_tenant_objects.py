@@ -46,7 +46,15 @@ def _audit_event(world) -> Made:
     return Made(audit_record(actor=system_actor(world.tenant), action="test.event", obj=world.tenant))
 
 
+def _model(world) -> Made:
+    from scheduler.services import model_create
+
+    model = model_create(actor=system_actor(world.tenant), name="victim-model", template="llama-3.1-8b")
+    return Made(model, {"PATCH": {"name": "stolen"}})
+
+
 OBJECT_FACTORIES = {
+    "api-model": _model,
     "api-member": _member,
     "api-invitation": _invitation,
     "api-api-key": _api_key,
