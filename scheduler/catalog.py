@@ -3,6 +3,7 @@
 - `data/accelerators.yaml`: vendor specifications, each figure with its source.
 - `data/efficiency.yaml`: how close serving stacks get to the roofline, per vendor,
   calibrated against published measurements (each cited there).
+- `data/list_prices.yaml`: Switchyard's list prices (the operator's, not a vendor's).
 - `data/model_templates.json`: built-in Hugging Face configs.
 """
 
@@ -57,6 +58,12 @@ def efficiency_for(hardware: Hardware) -> Efficiency:
     """The calibrated profile of the hardware's vendor, else of its kind, else the default."""
     table = _efficiency_table()
     return table.get(hardware.vendor) or table.get(hardware.kind) or table["default"]
+
+
+@cache
+def list_prices() -> dict[str, float]:
+    """slug → Switchyard's on-demand list price per accelerator-hour (USD)."""
+    return yaml.safe_load((DATA / "list_prices.yaml").read_text())["on_demand_usd_per_hour"]
 
 
 @cache

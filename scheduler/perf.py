@@ -13,9 +13,8 @@ A decode step reads the weights (÷ TP) and every running request's KV cache at
 whichever is slower; tensor parallelism adds two all-reduces per layer over the
 interconnect; each step has a fixed `step_overhead_ms` (scheduling, kernel
 launches). Under a closed loop of `c` concurrent requests, the engine shares its
-time between prefills and decode steps: with request rate X and prefill time
-t_p, a fraction ρ = X·t_p of the time goes to prefill, and X = c / ((c + 1)·t_p
-+ O·t_step) follows from Little's law. TTFT and TPOT stretch by 1 / (1 − ρ).
+time between prefills and decode steps: the other requests' prefills stretch
+TTFT and TPOT, and Little's law gives the request rate (see `_under_load`).
 
 Efficiency factors per vendor family are calibrated against published
 measurements (scheduler/data/efficiency.yaml cites them; `python -m bench
@@ -65,6 +64,9 @@ class Efficiency:
     decode_compute: float  # of peak dense FLOPS, in decode at large batch
     step_overhead_ms: float  # fixed cost of one decode step
     allreduce_latency_us: float  # fixed cost of one all-reduce
+    # Launch cost of one layer's kernels in prefill, which (unlike decode) runs without
+    # CUDA graphs: it dominates the first token of short prompts.
+    prefill_layer_overhead_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ def max_concurrency(arch: Architecture, dtype: str, hw: Hardware, accelerators: 
 def _valid_degree(arch: Architecture, hw: Hardware, accelerators: int) -> str:
     if accelerators > hw.accelerators_per_node:
         return f"{accelerators} accelerators exceed the {hw.accelerators_per_node} of one {hw.slug} node"
-    if arch.num_attention_heads % accelerators:
+    # GPU engines (vLLM, TensorRT-LLM) shard attention heads evenly; NPU compilers (Neuron,
+    # SynapseAI, XLA) shard at their own granularity, so the rule is not theirs.
+    if hw.kind == "gpu" and arch.num_attention_heads % accelerators:
         return f"tensor parallelism {accelerators} does not divide {arch.num_attention_heads} attention heads"
     return ""
 
@@ -202,7 +206,8 @@ def prefill_seconds(arch: Architecture, dtype: str, hw: Hardware, eff: Efficienc
     compute = flops / (accelerators * _peak_flops(hw, dtype) * eff.prefill)
     weights = arch.weight_bytes(dtype) / accelerators / (hw.bandwidth_tbs * TERA * eff.bandwidth)
     communication = 2 * arch.num_layers * _allreduce_seconds(hw, eff, accelerators, input_tokens, arch.hidden_size)
-    return max(compute, weights) + communication + eff.step_overhead_ms / 1000
+    launches = arch.num_layers * eff.prefill_layer_overhead_us * 1e-6
+    return max(compute, weights) + communication + launches + eff.step_overhead_ms / 1000
 
 
 def _expert_fraction_read(arch: Architecture, batch: int) -> float:
@@ -236,14 +241,20 @@ class _Loaded:
 
 
 def _under_load(arch, dtype, hw, eff, accelerators, workload: Workload) -> _Loaded:
-    """Closed loop of `concurrency` requests: prefill and decode share the engine."""
-    c, output = workload.concurrency, max(workload.output_tokens, 1)
+    """Closed loop of `concurrency` requests: prefill and decode share the engine.
+
+    A request's own prefill and decode are sequential; the other c − 1 requests'
+    prefills interleave with them and stretch both TTFT and TPOT by
+    s = 1 + (c − 1)·t_p / (t_p + O·t_step). Little's law then gives the request
+    rate X = c / (c·t_p + O·t_step). At c = 1: TTFT = t_p, TPOT = t_step.
+    """
+    c = workload.concurrency
+    output = 0 if arch.is_embedding else max(workload.output_tokens, 1)
     t_prefill = prefill_seconds(arch, dtype, hw, eff, accelerators, workload.input_tokens)
-    context = workload.input_tokens + output / 2
-    t_step = decode_step_seconds(arch, dtype, hw, eff, accelerators, c, context)
-    rate = c / ((c + 1) * t_prefill + output * t_step) if not arch.is_embedding else c / ((c + 1) * t_prefill)
-    busy_prefilling = rate * t_prefill  # < c / (c + 1) < 1 by construction
-    stretch = 1 / (1 - busy_prefilling)
+    t_step = decode_step_seconds(arch, dtype, hw, eff, accelerators, c, workload.input_tokens + output / 2) \
+        if output else 0.0
+    stretch = 1 + (c - 1) * t_prefill / (t_prefill + output * t_step)
+    rate = c / (c * t_prefill + output * t_step)
     return _Loaded(ttft=t_prefill * stretch, tpot=t_step * stretch, requests_per_s=rate)
 
 

@@ -8,7 +8,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from scheduler.architecture import MAX_CONFIG_BYTES, Architecture, ConfigError, parse_config
-from scheduler.catalog import CAPACITY_CLASS_PRICE_FACTOR, CAPACITY_CLASSES, accelerator_specs, model_templates
+from scheduler.catalog import (
+    CAPACITY_CLASS_PRICE_FACTOR,
+    CAPACITY_CLASSES,
+    accelerator_specs,
+    list_prices,
+    model_templates,
+)
 from scheduler.models import AcceleratorType, HardwareTier, RegisteredModel
 from tenants.context import Actor
 from tenants.errors import Conflict, ServiceError
@@ -30,8 +36,8 @@ def catalog_sync() -> int:
     """Make the database catalog match data/accelerators.yaml.
 
     Specifications are vendor facts: they follow the file. Tier prices are the
-    operator's: a missing tier is created from the file's on-demand price, an
-    existing tier's price is left as staff set it. Returns the number of tiers created.
+    operator's: a missing tier is created from data/list_prices.yaml, an existing
+    tier's price is left as staff set it. Returns the number of tiers created.
     """
     created = 0
     for slug, spec in accelerator_specs().items():
@@ -43,7 +49,7 @@ def catalog_sync() -> int:
         values["memory_type"] = values.get("memory_type") or ""
         values["sources"] = spec.get("sources", {})
         accelerator, _ = AcceleratorType.objects.update_or_create(slug=slug, defaults=values)
-        on_demand = Decimal(str(spec["on_demand_usd_per_hour"]))
+        on_demand = Decimal(str(list_prices()[slug]))
         for capacity_class in CAPACITY_CLASSES:
             price = (on_demand * Decimal(str(CAPACITY_CLASS_PRICE_FACTOR[capacity_class]))).quantize(Decimal("0.0001"))
             _tier, was_created = HardwareTier.objects.get_or_create(
