@@ -307,3 +307,45 @@ def invitation_accept(*, token: str, user: User, source_ip: str | None = None) -
                   scopes=scopes_for_role(invitation.role), source_ip=source_ip)
     audit_record(actor=actor, action="invitation.accept", obj=membership, changes={"role": invitation.role})
     return membership
+
+
+@transaction.atomic
+def invitation_accept_as_new_user(*, token: str, full_name: str, password: str,
+                                  source_ip: str | None = None) -> Membership:
+    """Sign up through an invitation link and join the inviting tenant.
+
+    The emailed token vouches for the address, so the account is created for the
+    invited email and no tenant of its own is made. An address that already has
+    an account must log in and accept instead: the token never takes one over.
+    """
+    invitation = invitation_for_token(token)
+    if invitation is None:
+        raise ServiceError("This invitation link is not valid.")
+    if invitation.state != "pending":
+        raise Conflict(f"This invitation is {invitation.state}.")
+    if User.objects.filter(email=invitation.email).exists():
+        raise Conflict("An account with this email already exists. Log in to accept the invitation.",
+                       field="email")
+    full_name = full_name.strip()
+    _validate_new_password(password, User(email=invitation.email, full_name=full_name))
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(invitation.email, password, full_name=full_name)
+    except IntegrityError:
+        # Another request created the account between the check and the insert.
+        raise Conflict("An account with this email already exists. Log in to accept the invitation.",
+                       field="email") from None
+    return invitation_accept(token=token, user=user, source_ip=source_ip)
+
+
+@transaction.atomic
+def tenant_set_status(*, actor: Actor, status: str) -> Tenant:
+    """Suspend (read-only) or reactivate a tenant: a back-office action."""
+    if status not in Tenant.Status.values:
+        raise ServiceError(f"Unknown status {status!r}.", field="status")
+    tenant = Tenant.objects.select_for_update().get(pk=actor.tenant.pk)
+    if tenant.status != status:
+        audit_record(actor=actor, action="tenant.set_status", obj=tenant, changes={"status": [tenant.status, status]})
+        tenant.status = status
+        tenant.save(update_fields=["status"])
+    return tenant

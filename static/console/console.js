@@ -1,0 +1,68 @@
+// Small progressive enhancements for the console. Every page works without this file.
+(function () {
+  "use strict";
+
+  // Copy buttons: <button data-copy-target="ELEMENT_ID">. The secret is read from the page,
+  // never sent anywhere.
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text);
+    }
+    // Plain-HTTP deployments have no Clipboard API: fall back to a selection copy.
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var copied = document.execCommand("copy");
+    document.body.removeChild(area);
+    return copied ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target]");
+    if (!button) return;
+    var source = document.getElementById(button.getAttribute("data-copy-target"));
+    if (!source) return;
+    var label = button.querySelector("[data-copy-label]") || button;
+    var original = label.textContent;
+    copyText(source.textContent.trim()).then(
+      function () { label.textContent = "Copied"; },
+      function () { label.textContent = "Select and copy"; }
+    ).finally(function () {
+      window.setTimeout(function () { label.textContent = original; }, 2000);
+    });
+  });
+
+  // Destructive buttons ask first: <button data-confirm="Revoke this key?">.
+  document.addEventListener("submit", function (event) {
+    var submitter = event.submitter;
+    var message = (submitter && submitter.getAttribute("data-confirm")) || event.target.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) {
+      event.preventDefault();
+    }
+  });
+
+  // Role selects submit their form when changed, so "Save" is only needed without JS.
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest("select[data-autosubmit]");
+    if (select && select.form) {
+      select.form.requestSubmit();
+    }
+  });
+
+  // Close an open dropdown menu on a click outside it or on Escape.
+  function closeMenus(except) {
+    document.querySelectorAll("details.menu[open]").forEach(function (menu) {
+      if (menu !== except) menu.removeAttribute("open");
+    });
+  }
+  document.addEventListener("click", function (event) {
+    closeMenus(event.target.closest("details.menu"));
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") closeMenus(null);
+  });
+})();
