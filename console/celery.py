@@ -7,8 +7,9 @@ mid-task: a task may run twice, never zero times.
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
+from prometheus_client import Counter
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -49,3 +50,34 @@ app.conf.update(
     },
 )
 app.autodiscover_tasks()
+
+
+# --- Task metrics -------------------------------------------------------------------------
+# Counted in the process that ran the task (a worker's pool process). Under
+# `manage.py up` every process writes to PROMETHEUS_MULTIPROC_DIR, so the web
+# server's /metrics shows the workers' counts too.
+
+TASKS = Counter(
+    "switchyard_celery_tasks",
+    "Celery tasks run to an outcome, by task name: success, failure (raised) or retry (re-queued).",
+    ["task", "outcome"],
+)
+
+
+def _task_name(sender) -> str:
+    return getattr(sender, "name", None) or "unknown"
+
+
+@signals.task_success.connect
+def _count_task_success(sender=None, **kwargs):
+    TASKS.labels(task=_task_name(sender), outcome="success").inc()
+
+
+@signals.task_failure.connect
+def _count_task_failure(sender=None, **kwargs):
+    TASKS.labels(task=_task_name(sender), outcome="failure").inc()
+
+
+@signals.task_retry.connect
+def _count_task_retry(sender=None, **kwargs):
+    TASKS.labels(task=_task_name(sender), outcome="retry").inc()

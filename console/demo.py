@@ -1,0 +1,62 @@
+"""The demo tenant that `manage.py up` seeds into an empty database.
+
+A first-time user gets something to log in to without reading any docs: a
+tenant "Demo", its owner `demo@switchyard.local` with a freshly generated
+password, and an API key with every scope. The password and the key exist in
+plain text only in the returned DemoCredentials: whoever calls `demo_seed`
+shows them once, and they cannot be recovered afterwards.
+"""
+
+import secrets
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from tenants import services
+from tenants.context import system_actor
+from tenants.models import Tenant, User
+from tenants.roles import ALL_SCOPES
+
+DEMO_TENANT_NAME = "Demo"
+DEMO_OWNER_EMAIL = "demo@switchyard.local"
+DEMO_KEY_NAME = "Demo key (created by manage.py up)"
+
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    tenant_name: str
+    tenant_slug: str
+    email: str
+    password: str
+    api_key: str
+
+
+def demo_seed() -> DemoCredentials | None:
+    """Create the demo tenant, owner and API key when the database has no tenant at all.
+
+    Returns the credentials on the call that created them, and None when the
+    database already has a tenant (the demo or anyone else's): seeding never
+    touches a database in use. The owner's password is always the one returned:
+    a leftover `demo@switchyard.local` user without a tenant gets it too.
+    """
+    password = secrets.token_urlsafe(12)
+    with transaction.atomic():
+        if Tenant.objects.exists():
+            return None
+        tenant, owner = services.tenant_create(
+            name=DEMO_TENANT_NAME, owner_email=DEMO_OWNER_EMAIL, owner_password=password
+        )
+        if not owner.check_password(password):
+            # tenant_create reuses an existing user and keeps their password.
+            owner.set_password(password)
+            owner.save(update_fields=["password"])
+        _key, plaintext = services.api_key_create(
+            actor=system_actor(tenant), name=DEMO_KEY_NAME, scopes=sorted(ALL_SCOPES)
+        )
+    return DemoCredentials(
+        tenant_name=tenant.name, tenant_slug=tenant.slug, email=owner.email, password=password, api_key=plaintext
+    )
+
+
+def demo_owner_exists() -> bool:
+    return User.objects.filter(email=DEMO_OWNER_EMAIL).exists()
