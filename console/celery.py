@@ -43,6 +43,10 @@ app.conf.update(
             "task": "tenants.tasks.idempotency_purge_task",
             "schedule": 3600.0,
         },
+        "purge-expired-rate-counters": {
+            "task": "tenants.tasks.rate_counter_purge_task",
+            "schedule": 600.0,
+        },
         "record-beat-heartbeat": {
             "task": "console.tasks.heartbeat_task",
             "schedule": 30.0,
