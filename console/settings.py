@@ -5,6 +5,7 @@ Celery broker in a data folder. `SWITCHYARD_ENV=production` refuses to start
 unless the secrets and a PostgreSQL database are configured.
 """
 
+import importlib.util
 import os
 import secrets
 from pathlib import Path
@@ -188,7 +189,14 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Plotly.js for the console's charts comes from the plotly package's bundle, served as
+# static/vendor/plotly/plotly.min.js: from this installation, never a CDN. find_spec locates
+# the package without importing it.
+_plotly = importlib.util.find_spec("plotly")
+if _plotly is None:
+    raise ImproperlyConfigured("The plotly package is missing (a dependency in pyproject.toml): pip install -e .")
+PLOTLY_JS_DIR = Path(_plotly.submodule_search_locations[0]) / "package_data"
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", PLOTLY_JS_DIR)]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from console import ops, views
 from scheduler.urls import api_urlpatterns as scheduler_api
+from scheduler.urls import urlpatterns as scheduler_pages
 from tenants.urls import api_urlpatterns as tenant_api
 from tenants.urls import urlpatterns as tenant_pages
 
@@ -16,6 +17,7 @@ api_v1 = [
 urlpatterns = [
     path("", views.home, name="console-home"),
     path("", include(tenant_pages)),
+    path("", include(scheduler_pages)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -1,7 +1,5 @@
 """REST API of the catalog, the model registry and the estimator."""
 
-import math
-
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -10,6 +8,7 @@ from scheduler import selectors, services
 from scheduler.catalog import model_templates
 from scheduler.estimator import Slo, Traffic
 from scheduler.models import HardwareTier, RegisteredModel
+from scheduler.selectors import quote_rows
 from scheduler.services import architecture_from
 from tenants.rest import StrictSerializer, TenantAPIView, page_of, paginated, valid
 from tenants.roles import Scope
@@ -202,15 +201,6 @@ class EstimateOutput(serializers.Serializer):
     dtype = serializers.CharField()
     auto = serializers.CharField(allow_null=True, help_text="The tier `auto` would deploy on (none meets the SLO: null).")
     tiers = TierQuoteOutput(many=True)
-
-
-def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 2)
-
-
-def quote_rows(quote) -> list[dict]:
-    return [{**q.__dict__, "ttft_p95_ms": _finite(q.ttft_p95_ms), "tpot_p95_ms": _finite(q.tpot_p95_ms),
-             "requests_per_s_per_replica": round(q.requests_per_s_per_replica, 3)} for q in quote.tiers]
 
 
 class EstimateView(TenantAPIView):

@@ -1,11 +1,12 @@
 """Reads of the scheduler: the catalog, a tenant's models, and quotes built from them."""
 
+import math
 from dataclasses import dataclass
 
 from scheduler.architecture import Architecture, parse_config
 from scheduler.catalog import efficiency_for
 from scheduler.estimator import Slo, TierOffer, TierQuote, Traffic, pick_auto, quote_tiers
-from scheduler.models import HardwareTier, RegisteredModel
+from scheduler.models import AcceleratorType, HardwareTier, RegisteredModel
 from tenants.models import Tenant
 from tenants.scoping import scoped
 
@@ -44,3 +45,19 @@ def model_quote(model: RegisteredModel, *, traffic: Traffic, slo: Slo, dtype: st
     quotes = quote_tiers(model_architecture(model), dtype or model.dtype, tier_offers(hardware_tier_list()),
                          traffic, slo)
     return Quote(tiers=quotes, auto=pick_auto(quotes))
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, 2)
+
+
+def quote_rows(quote: Quote) -> list[dict]:
+    """The quote's tiers as plain rows (the API's and the console's): a latency the tier
+    cannot offer is None, not NaN."""
+    return [{**q.__dict__, "ttft_p95_ms": _finite(q.ttft_p95_ms), "tpot_p95_ms": _finite(q.tpot_p95_ms),
+             "requests_per_s_per_replica": round(q.requests_per_s_per_replica, 3)} for q in quote.tiers]
+
+
+def accelerator_names() -> dict[str, str]:
+    """slug → the accelerator's product name, for people reading a quote."""
+    return dict(AcceleratorType.objects.values_list("slug", "name"))

@@ -53,6 +53,22 @@
     }
   });
 
+  // One of several inputs, chosen by radio buttons: <fieldset data-switch="NAME"> holds the
+  // radios (name=NAME) and panels <div data-switch-panel="NAME:VALUE">; only the chosen panel
+  // shows. Without this file every panel shows and the radio still decides.
+  function syncSwitch(group) {
+    var name = group.getAttribute("data-switch");
+    var checked = group.querySelector('input[type="radio"][name="' + name + '"]:checked');
+    group.querySelectorAll("[data-switch-panel]").forEach(function (panel) {
+      panel.hidden = !!checked && panel.getAttribute("data-switch-panel") !== name + ":" + checked.value;
+    });
+  }
+  document.querySelectorAll("[data-switch]").forEach(syncSwitch);
+  document.addEventListener("change", function (event) {
+    var group = event.target.closest("[data-switch]");
+    if (group && event.target.type === "radio") syncSwitch(group);
+  });
+
   // Close an open dropdown menu on a click outside it or on Escape.
   function closeMenus(except) {
     document.querySelectorAll("details.menu[open]").forEach(function (menu) {
