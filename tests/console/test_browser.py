@@ -6,48 +6,16 @@ screenshots of the overview and the API-keys page for a look.
 """
 
 import json
-import os
 import re
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.browser import BROWSER_TEST, allow_orm_beside_playwrights_event_loop, browser_page, screenshot_dir  # noqa: F401
+
 PASSWORD = "browser-tested-passphrase"
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def allow_orm_beside_playwrights_event_loop(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; Django would otherwise
-    # refuse the live server's and the test's database calls as "async unsafe".
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
-@pytest.fixture
-def browser_page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium). "
-                    "These tests never download a browser.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def screenshot_dir(tmp_path) -> Path:
-    return Path(os.environ.get("SWITCHYARD_SCREENSHOT_DIR") or tmp_path)
+pytestmark = BROWSER_TEST
 
 
 def test_sign_up_create_a_key_use_it_and_log_in_again(live_server, browser_page, screenshot_dir):

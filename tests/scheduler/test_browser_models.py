@@ -5,45 +5,14 @@ sync API against pytest-django's live server; Plotly.js comes from this installa
 Set SWITCHYARD_SCREENSHOT_DIR to keep the screenshots for a look.
 """
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.console.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import BROWSER_TEST, allow_orm_beside_playwrights_event_loop, browser_page, screenshot_dir  # noqa: F401
 from tests.factories import PASSWORD
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def allow_orm_beside_playwrights_event_loop(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; Django would otherwise
-    # refuse the live server's and the test's database calls as "async unsafe".
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
-@pytest.fixture
-def browser_page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium). "
-                    "These tests never download a browser.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def screenshot_dir(tmp_path) -> Path:
-    return Path(os.environ.get("SWITCHYARD_SCREENSHOT_DIR") or tmp_path)
+pytestmark = BROWSER_TEST
 
 
 def test_register_from_a_template_and_compare_tiers_with_the_chart(live_server, browser_page, screenshot_dir,
