@@ -1,8 +1,8 @@
 """Fixtures for real-browser tests: Debian's chromium (never a downloaded one) driven by
 Playwright's sync API against pytest-django's live server.
 
-A test module opts in with `pytestmark = BROWSER_TEST` and the fixtures below
-(imported into the module, or through `pytest_plugins`).
+tests/conftest.py loads these fixtures for every module (`pytest_plugins`); a test
+module opts in with `pytestmark = BROWSER_TEST` and asks for `browser_page`.
 """
 
 import os
@@ -18,7 +18,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 BROWSER_TEST = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def allow_orm_beside_playwrights_event_loop(monkeypatch):
     # Playwright's sync API runs an event loop in this thread; Django would otherwise
     # refuse the live server's and the test's database calls as "async unsafe".
@@ -26,7 +26,7 @@ def allow_orm_beside_playwrights_event_loop(monkeypatch):
 
 
 @pytest.fixture
-def browser_page():
+def browser_page(allow_orm_beside_playwrights_event_loop):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium). "
                     "These tests never download a browser.")

@@ -16,6 +16,8 @@ from tests.factories import PASSWORD, MembershipFactory, TenantFactory, UserFact
 from tenants.models import ApiKey, Tenant, User
 from tenants.roles import Role
 
+pytest_plugins = ["tests.browser"]
+
 SERVICE_MARKERS = ("postgres", "redis")
 
 

@@ -9,9 +9,8 @@ import json
 import re
 import urllib.request
 
-import pytest
 
-from tests.browser import BROWSER_TEST, allow_orm_beside_playwrights_event_loop, browser_page, screenshot_dir  # noqa: F401
+from tests.browser import BROWSER_TEST
 
 PASSWORD = "browser-tested-passphrase"
 

@@ -7,9 +7,8 @@ Set SWITCHYARD_SCREENSHOT_DIR to keep the screenshots for a look.
 
 import re
 
-import pytest
 
-from tests.browser import BROWSER_TEST, allow_orm_beside_playwrights_event_loop, browser_page, screenshot_dir  # noqa: F401
+from tests.browser import BROWSER_TEST
 from tests.factories import PASSWORD
 
 pytestmark = BROWSER_TEST
