@@ -53,6 +53,10 @@ def demo_seed() -> DemoCredentials | None:
         _key, plaintext = services.api_key_create(
             actor=system_actor(tenant), name=DEMO_KEY_NAME, scopes=sorted(ALL_SCOPES)
         )
+        # The demo fleet (scheduler/data/demo_fleet.yaml), so deployments have somewhere to run.
+        from scheduler.services import fleet_import_demo
+
+        fleet_import_demo()
     return DemoCredentials(
         tenant_name=tenant.name, tenant_slug=tenant.slug, email=owner.email, password=password, api_key=plaintext
     )

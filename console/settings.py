@@ -67,6 +67,8 @@ else:
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
+    # Keep connections (opening one, with its PRAGMAs, costs more than most requests).
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     # Tests use a file too (not SQLite's shared-cache memory database, whose table
     # locks ignore the busy timeout), so concurrency tests see what production sees.
     # One file per test process, so parallel test runs do not meet.
@@ -248,7 +250,21 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Fields named alike in several components (a node's state, a replica's state) get their own enums.
+    "ENUM_NAME_OVERRIDES": {
+        "NodeStateEnum": "scheduler.models.Node.State",
+        "ReplicaStateEnum": "scheduler.models.Replica.State",
+        "DeploymentStatusEnum": "scheduler.models.Deployment.Status",
+    },
 }
+
+# --- Scheduler ------------------------------------------------------------------------------
+
+# Accelerators a tenant may hold on each hardware tier unless staff set another quota
+# (per tenant in TenantLimits, per tier in TenantQuota).
+DEFAULT_ACCELERATOR_QUOTA = env.int("SWITCHYARD_DEFAULT_ACCELERATOR_QUOTA", default=64)
+if DEFAULT_ACCELERATOR_QUOTA < 0:
+    raise ImproperlyConfigured("SWITCHYARD_DEFAULT_ACCELERATOR_QUOTA must be 0 or more")
 
 # --- Operations -----------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
-"""Back office for tenants, members, API keys (never a secret) and the audit log. Staff only."""
+"""Back office for tenants, members, API keys and service tokens (never a secret) and the audit log.
+Staff only."""
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from tenants import services
 from tenants.context import Actor
-from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, ServiceToken, Tenant, User
 from tenants.roles import ALL_SCOPES
 
 
@@ -79,6 +80,30 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             services.api_key_revoke(actor=staff_actor(request, key.tenant), key=key)
         self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(ServiceToken)
+class ServiceTokenAdmin(admin.ModelAdmin):
+    """The operator's credentials: inspect and revoke. The secret exists nowhere to show;
+    tokens are made with `manage.py create_service_token`, which prints one once."""
+
+    list_display = ["name", "display", "scopes", "state", "created_by", "created_at", "last_used_at", "expires_at"]
+    search_fields = ["name", "prefix"]
+    fields = ["name", "display", "scopes", "created_by", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoke instead: the row records who made the token and when it stopped working
+
+    @admin.action(description="Revoke now")
+    def revoke(self, request, queryset):
+        for token in queryset:
+            services.service_token_revoke(token=token, revoked_by=request.user)
+        self.message_user(request, f"{queryset.count()} service token(s) revoked.", messages.SUCCESS)
 
 
 @admin.register(Invitation)

@@ -13,12 +13,16 @@ from tenants.roles import Role, Scope
 # --- Tenant -------------------------------------------------------------------------------
 
 
-class TenantOutput(serializers.ModelSerializer):
+class TenantOutput(serializers.Serializer):
+    # A plain Serializer: every API request may read the tenant, and a ModelSerializer
+    # rebuilds its fields from the model on each use.
     id = serializers.UUIDField(source="public_id", read_only=True)
-
-    class Meta:
-        model = Tenant
-        fields = ["id", "name", "slug", "billing_country", "currency", "status", "created_at"]
+    name = serializers.CharField(read_only=True)
+    slug = serializers.SlugField(read_only=True)
+    billing_country = serializers.CharField(read_only=True)
+    currency = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=Tenant.Status.choices, read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
 
 
 class TenantPatchInput(StrictSerializer):

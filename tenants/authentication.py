@@ -1,7 +1,10 @@
-"""Who is calling: API keys (`Authorization: Bearer sy_live_…`) or the browser session.
+"""Who is calling: API keys (`Authorization: Bearer sy_live_…`), the operator's
+service tokens (`Authorization: Bearer sy_svc_…`), or the browser session.
 
 The tenant always comes from the credential — a key's own tenant, or the tenant a
 console user has selected and is a member of — never from the request body or URL.
+A service token has no tenant: it is accepted only by operator views
+(`tenants.rest.OperatorAPIView`) and, later, usage ingestion.
 """
 
 from datetime import timedelta
@@ -10,8 +13,8 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
-from tenants.keys import parse_key, secret_matches
-from tenants.models import ApiKey
+from tenants.keys import SERVICE_TOKEN, parse_key, secret_matches
+from tenants.models import ApiKey, ServiceToken
 
 # last_used_at is refreshed at most this often, so a busy key costs no write per request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -33,13 +36,38 @@ class ApiKeyUser:
         return str(self.api_key)
 
 
+class ServiceTokenUser:
+    """The request's user when a service token authenticated it: the operator's software."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_staff = False
+    is_superuser = False
+    pk = None
+
+    def __init__(self, service_token: ServiceToken):
+        self.service_token = service_token
+
+    def __str__(self) -> str:
+        return str(self.service_token)
+
+
 def _refuse(detail: str) -> exceptions.AuthenticationFailed:
     return exceptions.AuthenticationFailed(detail, code="invalid_api_key")
+
+
+def _touch(model, credential, now) -> None:
+    if credential.last_used_at is None or now - credential.last_used_at >= LAST_USED_RESOLUTION:
+        model.objects.filter(pk=credential.pk).update(last_used_at=now)
+        credential.last_used_at = now
 
 
 def api_key_verify(plaintext: str) -> ApiKey:
     """The active key for this plaintext, or AuthenticationFailed saying why."""
     parsed = parse_key(plaintext)
+    if parsed is None and plaintext.startswith("sy_svc_"):
+        raise _refuse("This is a service token: it works on operator routes (/api/v1/fleet/…) only. "
+                      "Tenant routes take a tenant API key (sy_live_…).")
     if parsed is None:
         raise _refuse("Malformed API key: expected sy_live_<prefix>_<secret>.")
     prefix, secret = parsed
@@ -51,10 +79,26 @@ def api_key_verify(plaintext: str) -> ApiKey:
         raise _refuse("This API key has been revoked.")
     if key.expires_at is not None and key.expires_at <= now:
         raise _refuse(f"This API key expired at {key.expires_at.isoformat()}.")
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
+    _touch(ApiKey, key, now)
     return key
+
+
+def service_token_verify(plaintext: str) -> ServiceToken:
+    """The active service token for this plaintext, or AuthenticationFailed saying why."""
+    parsed = parse_key(plaintext, SERVICE_TOKEN)
+    if parsed is None:
+        raise _refuse("Malformed service token: expected sy_svc_<prefix>_<secret>.")
+    prefix, secret = parsed
+    token = ServiceToken.objects.filter(prefix=prefix).first()
+    if token is None or not secret_matches(secret, token.secret_hash):
+        raise _refuse("Invalid service token.")
+    now = timezone.now()
+    if token.revoked_at is not None:
+        raise _refuse("This service token has been revoked.")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise _refuse(f"This service token expired at {token.expires_at.isoformat()}.")
+    _touch(ServiceToken, token, now)
+    return token
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -69,6 +113,24 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise _refuse("Send the API key as 'Authorization: Bearer sy_live_…'.")
         key = api_key_verify(credential.strip())
         return ApiKeyUser(key), key
+
+    def authenticate_header(self, request) -> str:
+        return f'{self.keyword} realm="switchyard"'
+
+
+class ServiceTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer sy_svc_…`. Any other credential is left to the next authenticator
+    (a tenant key to ApiKeyAuthentication, which then reaches the view and is refused there)."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        scheme, _, credential = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        credential = credential.strip()
+        if scheme != self.keyword or not credential.startswith("sy_svc_"):
+            return None
+        token = service_token_verify(credential)
+        return ServiceTokenUser(token), token
 
     def authenticate_header(self, request) -> str:
         return f'{self.keyword} realm="switchyard"'

@@ -186,6 +186,46 @@ class ApiKey(TenantOwned):
         return str(scope) in self.scopes
 
 
+class ServiceToken(models.Model):
+    """An operator credential `sy_svc_<prefix>_<secret>` for fleet-side software and automation.
+
+    Not tenant-owned: it acts for the operator (the fleet, usage ingestion), never
+    for a tenant. Stored like an ApiKey: the prefix, and a SHA-256 of the secret.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                   help_text="The staff user who created it; empty when made by a command.")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display})"
+
+    @property
+    def display(self) -> str:
+        return f"sy_svc_{self.prefix}_…"
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    def has_scope(self, scope: str) -> bool:
+        return str(scope) in self.scopes
+
+
 class AuditEvent(TenantOwned):
     """Who changed what, when, from where. Append-only: written by services, never edited."""
 

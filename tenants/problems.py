@@ -60,7 +60,8 @@ def flatten_field_errors(detail, prefix: str = "") -> list[dict]:
     if isinstance(detail, dict):
         out = []
         for key, value in detail.items():
-            field = "" if key in ("non_field_errors", "__all__") else key
+            # str(): list serializers key item errors by index, and index 0 must not read as "no field".
+            field = "" if key in ("non_field_errors", "__all__") else str(key)
             out += flatten_field_errors(value, f"{prefix}.{field}".strip(".") if field else prefix)
         return out
     if isinstance(detail, list):

@@ -1,9 +1,9 @@
 """Request → Actor resolution, in one place for the API and the console."""
 
-from tenants.authentication import ApiKeyUser
-from tenants.context import Actor
+from tenants.authentication import ApiKeyUser, ServiceTokenUser
+from tenants.context import Actor, Operator
 from tenants.models import Membership, Tenant, User
-from tenants.roles import scopes_for_role
+from tenants.roles import ALL_SERVICE_SCOPES, scopes_for_role
 
 SESSION_TENANT_KEY = "switchyard_tenant"
 
@@ -51,6 +51,18 @@ def actor_for_request(request) -> Actor | None:
                           scopes=scopes_for_role(membership.role), source_ip=client_ip(request))
     django_request.switchyard_actor = actor
     return actor
+
+
+def operator_for_request(request) -> Operator | None:
+    """The Operator behind a request: an active staff user (all operator scopes) or a
+    service token (its own scopes). None for anyone else, tenant API keys included."""
+    user = getattr(request, "user", None)
+    if isinstance(user, ServiceTokenUser):
+        token = user.service_token
+        return Operator(service_token=token, scopes=frozenset(token.scopes), source_ip=client_ip(request))
+    if isinstance(user, User) and user.is_authenticated and user.is_active and user.is_staff:
+        return Operator(user=user, scopes=ALL_SERVICE_SCOPES, source_ip=client_ip(request))
+    return None
 
 
 def select_tenant(request, tenant: Tenant) -> None:

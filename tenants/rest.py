@@ -1,12 +1,15 @@
 """The base of every tenant API view: scopes, one transaction per write, idempotent POSTs,
-strict input (unknown fields are errors), and the helpers views fetch objects with."""
+strict input (unknown fields are errors), and the helpers views fetch objects with.
+And the base of the operator's views (the fleet), which no tenant credential opens."""
 
 from django.db import transaction
 from rest_framework import serializers
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tenants.context import Actor
+from tenants.authentication import ApiKeyAuthentication, ServiceTokenAuthentication
+from tenants.context import Actor, Operator
 from tenants.idempotency import (
     IdempotencyProblem,
     Replay,
@@ -17,7 +20,8 @@ from tenants.idempotency import (
 )
 from tenants.pagination import PagePagination
 from tenants.problems import PROBLEM_CONTENT_TYPE, SLUGS, problem_body
-from tenants.requests import actor_for_request
+from tenants.permissions import IsOperator
+from tenants.requests import actor_for_request, operator_for_request
 from tenants.scoping import get_owned, scoped
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -109,6 +113,48 @@ class TenantAPIView(APIView):
         return super().handle_exception(exc)
 
 
+class OperatorAPIView(APIView):
+    """Every operator API view (routes under /api/v1/fleet/) derives from this.
+
+    Callers: a staff user's session (with CSRF) or a service token (`sy_svc_…`)
+    holding the scope the method needs (`required_scopes = {"GET": "fleet", …}`).
+    A tenant API key authenticates (so it is told clearly why) and is refused
+    with 403, whatever its scopes. Writes run in one transaction. There is no
+    Idempotency-Key store (it is per tenant): operator actions set a state, so
+    a retried request finds the state it asked for.
+    """
+
+    authentication_classes = [ServiceTokenAuthentication, ApiKeyAuthentication, SessionAuthentication]
+    permission_classes = [IsOperator]
+    required_scopes: dict[str, str] = {}
+    # For the schema: tenant keys are authenticated only to be refused, so they are not documented here.
+    refuses_tenant_keys = True
+    honours_idempotency_key = False
+
+    @property
+    def operator(self) -> Operator:
+        return operator_for_request(self.request)
+
+    def dispatch(self, request, *args, **kwargs):
+        # DRF's APIView.dispatch, plus: unsafe methods run in one transaction.
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            self.initial(request, *args, **kwargs)
+            handler = getattr(self, request.method.lower(), self.http_method_not_allowed)
+            if request.method in UNSAFE_METHODS:
+                with transaction.atomic():
+                    response = handler(request, *args, **kwargs)
+            else:
+                response = handler(request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+
 class _Answer(Exception):
     """Carries a finished response out of `initial`-time checks."""
 
@@ -137,7 +183,8 @@ def valid(serializer_class: type[serializers.Serializer], data, **kwargs) -> dic
     return serializer.validated_data
 
 
-def paginated(view: APIView, queryset, serializer_class, paginator_class=PagePagination) -> Response:
+def paginated(view: APIView, queryset, serializer_class, paginator_class=PagePagination,
+              context: dict | None = None) -> Response:
     paginator = paginator_class()
     page = paginator.paginate_queryset(queryset, view.request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    return paginator.get_paginated_response(serializer_class(page, many=True, context=context or {}).data)

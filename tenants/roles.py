@@ -26,6 +26,16 @@ class Role(models.TextChoices):
 
 ALL_SCOPES = frozenset(Scope.values)
 
+
+class ServiceScope(models.TextChoices):
+    """Scopes of the operator's service tokens; disjoint from tenant scopes, by design."""
+
+    FLEET = "fleet", "Operate the fleet: nodes, regions, tenant quotas and limits"
+    USAGE_WRITE = "usage:write", "Report metered usage (gateway, sidecars, collectors)"
+
+
+ALL_SERVICE_SCOPES = frozenset(ServiceScope.values)
+
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL_SCOPES,
     Role.ADMIN: ALL_SCOPES,

@@ -1,4 +1,5 @@
-"""How the OpenAPI schema describes Switchyard: API-key auth, problem-details errors, Idempotency-Key."""
+"""How the OpenAPI schema describes Switchyard: API-key and service-token auth, problem-details errors,
+Idempotency-Key."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
@@ -16,6 +17,26 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "bearerFormat": "sy_live_<prefix>_<secret>",
             "description": "A tenant API key. Scopes: read, deploy, billing, admin, invoke.",
+        }
+
+    def get_security_requirement(self, auto_schema):
+        # Operator views authenticate tenant keys only to refuse them (403): not a way in.
+        if getattr(auto_schema.view, "refuses_tenant_keys", False):
+            return None
+        return super().get_security_requirement(auto_schema)
+
+
+class ServiceTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "tenants.authentication.ServiceTokenAuthentication"
+    name = "ServiceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "sy_svc_<prefix>_<secret>",
+            "description": "An operator service token (`manage.py create_service_token`). Scopes: fleet, "
+                           "usage:write. Tenant API keys are refused (403) on operator routes.",
         }
 
 
@@ -56,7 +77,7 @@ class SwitchyardAutoSchema(AutoSchema):
 
     def get_override_parameters(self):
         parameters = super().get_override_parameters()
-        if self.method == "POST":
+        if self.method == "POST" and getattr(self.view, "honours_idempotency_key", True):
             parameters = [*parameters, IDEMPOTENCY_KEY]
         return parameters
 

@@ -2,6 +2,7 @@
 transaction, and records an AuditEvent for every change."""
 
 import hashlib
+import logging
 import secrets
 from datetime import timedelta
 
@@ -17,9 +18,11 @@ from django.utils.text import slugify
 
 from tenants.context import Actor
 from tenants.errors import Conflict, Forbidden, ServiceError
-from tenants.keys import generate_key
-from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
-from tenants.roles import ALL_SCOPES, Role, may_assign_role, scopes_for_role
+from tenants.keys import SERVICE_TOKEN, generate_key
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, ServiceToken, Tenant, User
+from tenants.roles import ALL_SCOPES, ALL_SERVICE_SCOPES, Role, may_assign_role, scopes_for_role
+
+logger = logging.getLogger(__name__)
 from tenants.validation import validate_country, validate_currency
 
 # --- Audit --------------------------------------------------------------------------------
@@ -183,6 +186,51 @@ def api_key_revoke(*, actor: Actor, key: ApiKey) -> ApiKey:
     if updated:
         audit_record(actor=actor, action="api_key.revoke", obj=key)
     return key
+
+
+# --- Service tokens (the operator's credentials) --------------------------------------------
+# Not tenant-owned, so there is no tenant audit log to write to: the token row
+# itself keeps who made it and when, and when it was revoked; both are logged.
+
+
+def _check_service_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - ALL_SERVICE_SCOPES)
+    if unknown:
+        raise ServiceError(f"Unknown service scopes: {', '.join(unknown)}. "
+                           f"Choose from {', '.join(sorted(ALL_SERVICE_SCOPES))}.", field="scopes")
+    if not scopes:
+        raise ServiceError("A service token needs at least one scope.", field="scopes")
+    return sorted(set(scopes))
+
+
+@transaction.atomic
+def service_token_create(*, name: str, scopes: list[str], created_by: User | None = None,
+                         expires_at=None) -> tuple[ServiceToken, str]:
+    """A new service token; returns it and its plaintext, which is never stored nor shown again."""
+    name = name.strip()
+    if not name:
+        raise ServiceError("A service token needs a name.", field="name")
+    if created_by is not None and not created_by.is_staff:
+        raise Forbidden("Only staff users create service tokens.", field="created_by")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ServiceError("expires_at must be in the future.", field="expires_at")
+    generated = generate_key(SERVICE_TOKEN)
+    token = ServiceToken.objects.create(
+        name=name, prefix=generated.prefix, secret_hash=generated.secret_hash,
+        scopes=_check_service_scopes(scopes), created_by=created_by, expires_at=expires_at,
+    )
+    logger.info("service token %s created by %s with scopes %s", token, created_by or "a command", token.scopes)
+    return token, generated.plaintext
+
+
+@transaction.atomic
+def service_token_revoke(*, token: ServiceToken, revoked_by: User | None = None) -> ServiceToken:
+    """Revoke now: the next request with the token is refused. Revoking twice changes nothing."""
+    updated = ServiceToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    token.refresh_from_db()
+    if updated:
+        logger.info("service token %s revoked by %s", token, revoked_by or "a command")
+    return token
 
 
 # --- Members ------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ For every API route and every method it serves: tenant A's all-scopes key on
 tenant B's object gets 404, exactly like a missing object, and nothing of tenant
 B changes. Lists and singletons never show B's ids. Routes added by later work
 are covered automatically; one the matrix cannot build an object for fails it.
+
+Routes under /api/v1/fleet/ are the operator's: every one is an OperatorAPIView,
+refuses a tenant key with every scope (403, and changes nothing), and answers a
+staff session (with CSRF) and a service token with the `fleet` scope.
 """
 
 import json
@@ -11,13 +15,19 @@ import json
 import pytest
 from django.forms.models import model_to_dict
 from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
 
+from scheduler.models import FleetEvent, Node, TenantLimits, TenantQuota
 from tests.conftest import api_client
-from tests.cross_tenant_objects import OBJECT_FACTORIES
+from tests.cross_tenant_objects import OBJECT_FACTORIES, OPERATOR_OBJECTS
+from tests.factories import UserFactory
 from tenants.models import AuditEvent
-from tenants.rest import TenantAPIView
+from tenants.rest import OperatorAPIView, TenantAPIView
+from tenants.services import service_token_create
 
 PUBLIC_ROUTES = {"api-schema"}  # the OpenAPI schema needs no credential
+# The operator's routes. Usage ingestion (service tokens with `usage:write`) joins this list when it lands.
+OPERATOR_PREFIXES = ("api/v1/fleet/",)
 
 
 def _api_routes():
@@ -38,7 +48,8 @@ def _api_routes():
 
 
 ROUTES = _api_routes()
-TENANT_ROUTES = [r for r in ROUTES if r[0] not in PUBLIC_ROUTES]
+OPERATOR_ROUTES = [r for r in ROUTES if r[1].startswith(OPERATOR_PREFIXES)]
+TENANT_ROUTES = [r for r in ROUTES if r[0] not in PUBLIC_ROUTES and r not in OPERATOR_ROUTES]
 DETAIL_ROUTES = [r for r in TENANT_ROUTES if "<" in r[1]]
 COLLECTION_ROUTES = [r for r in TENANT_ROUTES if "<" not in r[1]]
 
@@ -104,3 +115,99 @@ def test_every_tenant_route_needs_a_credential(db, name, route, view_class):
     for method in _methods(view_class):
         response = api_client().generic(method, url, "{}", content_type="application/json")
         assert response.status_code == 401, f"{method} {url} answered {response.status_code} without a credential"
+
+
+# --- operator routes ------------------------------------------------------------------------
+
+
+def test_every_operator_route_is_an_operator_view():
+    assert OPERATOR_ROUTES, "no operator routes found"
+    for _name, route, view_class in OPERATOR_ROUTES:
+        assert view_class is not None and issubclass(view_class, OperatorAPIView), f"{route} is not an OperatorAPIView"
+        assert not issubclass(view_class, TenantAPIView)
+
+
+def _operator_url(route: str, made) -> str:
+    return _url(route, made.value if made else "none")
+
+
+def _operator_made(name: str, route: str, world):
+    return OPERATOR_OBJECTS[name](world) if "<" in route else None
+
+
+def _fleet_snapshot() -> tuple:
+    return (list(Node.objects.values_list("name", "state").order_by("name")), FleetEvent.objects.count(),
+            list(TenantQuota.objects.values_list("tenant_id", "tier_id", "max_accelerators").order_by("pk")),
+            list(TenantLimits.objects.values_list("tenant_id", "max_priority").order_by("pk")),
+            AuditEvent.objects.count())
+
+
+@pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
+def test_operator_route_refuses_a_tenant_key_with_every_scope(tenant_a, name, route, view_class):
+    if "<" in route:
+        assert name in OPERATOR_OBJECTS, f"no operator object for {route} ({name}): add one to OPERATOR_OBJECTS"
+    made = _operator_made(name, route, tenant_a)
+    url = _operator_url(route, made)
+    for method in _methods(view_class):
+        before = _fleet_snapshot()
+        body = made.bodies.get(method, {}) if made else {}
+        response = tenant_a.api.generic(method, url, json.dumps(body), content_type="application/json")
+        assert response.status_code == 403, f"{method} {url}: {response.status_code} {response.content[:200]}"
+        assert "fleet is the operator's" in response.json()["detail"]
+        assert _fleet_snapshot() == before, f"{method} {url} changed something for a tenant key"
+
+
+def _staff_session() -> APIClient:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(UserFactory(is_staff=True))
+    client.get("/admin/")  # any page that sets the CSRF cookie
+    client.defaults["HTTP_X_CSRFTOKEN"] = client.cookies["csrftoken"].value
+    return client
+
+
+def _service_token_client(*scopes: str) -> APIClient:
+    _token, plaintext = service_token_create(name="matrix", scopes=list(scopes))
+    return api_client(plaintext)
+
+
+@pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
+def test_operator_route_answers_staff_and_a_fleet_service_token(tenant_a, name, route, view_class):
+    made = _operator_made(name, route, tenant_a)
+    url = _operator_url(route, made)
+    for client in (_staff_session(), _service_token_client("fleet")):
+        for method in _methods(view_class):
+            body = made.bodies.get(method, {}) if made else {}
+            response = client.generic(method, url, json.dumps(body), content_type="application/json")
+            assert response.status_code == 200, f"{method} {url}: {response.status_code} {response.content[:300]}"
+
+
+@pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
+def test_operator_route_needs_the_fleet_scope_and_csrf(tenant_a, name, route, view_class):
+    made = _operator_made(name, route, tenant_a)
+    url = _operator_url(route, made)
+    usage_only = _service_token_client("usage:write")
+    session_without_csrf = _staff_session()
+    del session_without_csrf.defaults["HTTP_X_CSRFTOKEN"]
+    for method in _methods(view_class):
+        body = json.dumps(made.bodies.get(method, {}) if made else {})
+        response = usage_only.generic(method, url, body, content_type="application/json")
+        assert response.status_code == 403 and "'fleet' scope" in response.json()["detail"]
+        if method != "GET":
+            response = session_without_csrf.generic(method, url, body, content_type="application/json")
+            assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
+def test_operator_route_refuses_a_member_who_is_not_staff(tenant_a, name, route, view_class):
+    client = APIClient()
+    client.force_login(tenant_a.owner)
+    for method in _methods(view_class):
+        response = client.generic(method, _url(route, "x"), "{}", content_type="application/json")
+        assert response.status_code == 403, f"{method} {route}: {response.status_code}"
+
+
+@pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
+def test_every_operator_route_needs_a_credential(db, name, route, view_class):
+    for method in _methods(view_class):
+        response = api_client().generic(method, _url(route, "x"), "{}", content_type="application/json")
+        assert response.status_code == 401, f"{method} {route} answered {response.status_code} without a credential"
