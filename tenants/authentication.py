@@ -13,8 +13,10 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
+from tenants import key_cache
 from tenants.keys import SERVICE_TOKEN, parse_key, secret_matches
 from tenants.models import ApiKey, ServiceToken
+from tenants.rate_limits import COUNTED_ATTRIBUTE, rate_bucket
 
 # last_used_at is refreshed at most this often, so a busy key costs no write per request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -62,8 +64,13 @@ def _touch(model, credential, now) -> None:
         credential.last_used_at = now
 
 
-def api_key_verify(plaintext: str) -> ApiKey:
-    """The active key for this plaintext, or AuthenticationFailed saying why."""
+def api_key_verify(plaintext: str, *, counted: dict | None = None) -> ApiKey:
+    """The active key for this plaintext, or AuthenticationFailed saying why.
+
+    A key verified before is served from the per-process cache while the credential
+    epoch is unchanged (tenants.key_cache), with no database query; the Redis round
+    trip that reads the epoch also takes the rate-limit count, left in `counted`.
+    """
     parsed = parse_key(plaintext)
     if parsed is None and plaintext.startswith("sy_svc_"):
         raise _refuse("This is a service token: it works on operator routes (/api/v1/fleet/…) only. "
@@ -71,9 +78,13 @@ def api_key_verify(plaintext: str) -> ApiKey:
     if parsed is None:
         raise _refuse("Malformed API key: expected sy_live_<prefix>_<secret>.")
     prefix, secret = parsed
-    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
-    if key is None or not secret_matches(secret, key.secret_hash):
-        raise _refuse("Invalid API key.")
+    key = _cached_key(prefix, secret, counted)
+    if key is None:
+        epoch = key_cache.read_epoch()  # before the read, so a change after it is noticed
+        key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+        if key is None or not secret_matches(secret, key.secret_hash):
+            raise _refuse("Invalid API key.")
+        key_cache.remember(prefix, key, epoch)
     now = timezone.now()
     if key.revoked_at is not None:
         raise _refuse("This API key has been revoked.")
@@ -81,6 +92,20 @@ def api_key_verify(plaintext: str) -> ApiKey:
         raise _refuse(f"This API key expired at {key.expires_at.isoformat()}.")
     _touch(ApiKey, key, now)
     return key
+
+
+def _cached_key(prefix: str, secret: str, counted: dict | None) -> ApiKey | None:
+    """The cached key if its secret matches and nothing changed since it was loaded."""
+    entry = key_cache.cached(prefix)
+    if entry is None or not secret_matches(secret, entry.key.secret_hash):
+        return None
+    # The secret is verified before anything is counted: knowing a key's prefix alone
+    # cannot spend its rate limit.
+    bucket, ttl, _ = rate_bucket(f"key:{prefix}")
+    epoch, count = key_cache.epoch_and_rate_hit(bucket if counted is not None else None, ttl)
+    if counted is not None and count is not None:
+        counted["count"] = count
+    return entry.key if epoch == entry.epoch else None
 
 
 def service_token_verify(plaintext: str) -> ServiceToken:
@@ -111,7 +136,10 @@ class ApiKeyAuthentication(BaseAuthentication):
         scheme, _, credential = header.partition(" ")
         if scheme != self.keyword or not credential.strip():
             raise _refuse("Send the API key as 'Authorization: Bearer sy_live_…'.")
-        key = api_key_verify(credential.strip())
+        counted: dict = {}
+        key = api_key_verify(credential.strip(), counted=counted)
+        if "count" in counted:
+            setattr(request._request, COUNTED_ATTRIBUTE, counted["count"])
         return ApiKeyUser(key), key
 
     def authenticate_header(self, request) -> str:

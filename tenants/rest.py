@@ -19,8 +19,8 @@ from tenants.idempotency import (
     request_fingerprint,
 )
 from tenants.pagination import PagePagination
-from tenants.problems import PROBLEM_CONTENT_TYPE, SLUGS, problem_body
 from tenants.permissions import IsOperator
+from tenants.problems import PROBLEM_CONTENT_TYPE, SLUGS, problem_body
 from tenants.requests import actor_for_request, operator_for_request
 from tenants.scoping import get_owned, scoped
 

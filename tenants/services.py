@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
+from tenants import key_cache
 from tenants.context import Actor
 from tenants.errors import Conflict, Forbidden, ServiceError
 from tenants.keys import SERVICE_TOKEN, generate_key
@@ -184,6 +185,8 @@ def api_key_revoke(*, actor: Actor, key: ApiKey) -> ApiKey:
     )
     key.refresh_from_db()
     if updated:
+        # A queryset update sends no post_save: tell the key caches directly.
+        key_cache.credentials_changed()
         audit_record(actor=actor, action="api_key.revoke", obj=key)
     return key
 

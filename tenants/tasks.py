@@ -1,7 +1,7 @@
 from celery import shared_task
 
 from tenants.idempotency import idempotency_purge
-from tenants.throttling import rate_counter_purge
+from tenants.rate_limits import rate_counter_purge
 
 
 @shared_task

@@ -7,7 +7,7 @@ from django.db import connection
 from django.test import override_settings
 
 from tests.conftest import api_client
-from tenants.throttling import parse_rate
+from tenants.rate_limits import parse_rate
 
 
 def test_parse_rate():
