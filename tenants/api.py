@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from tenants import selectors, services
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
 from tenants.pagination import RecentFirstCursorPagination
-from tenants.rest import StrictSerializer, TenantAPIView, page_of, paginated, valid
+from tenants.rest import StrictSerializer, TenantAPIView, page_of, paginated, represent, valid
 from tenants.roles import Role, Scope
 
 # --- Tenant -------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ class TenantView(TenantAPIView):
 
     @extend_schema(operation_id="tenant_retrieve", responses=TenantOutput)
     def get(self, request):
-        return Response(TenantOutput(self.actor.tenant).data)
+        return Response(represent(TenantOutput, self.actor.tenant))
 
     @extend_schema(operation_id="tenant_update", request=TenantPatchInput, responses=TenantOutput)
     def patch(self, request):

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 
@@ -76,19 +77,28 @@ def credentials_changed() -> None:
     transaction.on_commit(bump_epoch)
 
 
+# One atomic command: read the epoch, count the request, and give a new window its expiry.
+_EPOCH_AND_COUNT = """
+local count = redis.call('INCR', KEYS[2])
+if count == 1 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+return {redis.call('GET', KEYS[1]), count}
+"""
+
+
+@lru_cache(maxsize=1)
+def _epoch_and_count_script():
+    return redis_client().register_script(_EPOCH_AND_COUNT)
+
+
 def epoch_and_rate_hit(bucket: str | None, ttl: int) -> tuple[str, int | None]:
     """The current epoch and, when a rate bucket is given, its count after this request,
-    in one Redis round trip (without Redis: the file's epoch, and no count)."""
+    in one Redis command (without Redis: the file's epoch, and no count)."""
     if not settings.REDIS_URL:
         return read_epoch(), None
-    pipe = redis_client().pipeline(transaction=True)
-    pipe.get(EPOCH_REDIS_KEY)
-    if bucket is not None:
-        pipe.incr(bucket)
-        pipe.expire(bucket, ttl, nx=True)
-    results = pipe.execute()
-    epoch = results[0].decode() if results[0] else "0"
-    return epoch, int(results[1]) if bucket is not None else None
+    if bucket is None:
+        return read_epoch(), None
+    epoch, count = _epoch_and_count_script()(keys=[EPOCH_REDIS_KEY, bucket], args=[ttl])
+    return (epoch.decode() if epoch else "0"), int(count)
 
 
 def cached(prefix: str) -> Entry | None:

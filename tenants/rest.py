@@ -188,3 +188,20 @@ def paginated(view: APIView, queryset, serializer_class, paginator_class=PagePag
     paginator = paginator_class()
     page = paginator.paginate_queryset(queryset, view.request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True, context=context or {}).data)
+
+
+_representers: dict[type, serializers.Serializer] = {}
+
+
+def represent(serializer_class: type[serializers.Serializer], instance) -> dict:
+    """`serializer_class(instance).data`, without rebuilding the serializer's fields.
+
+    DRF deep-copies every declared field each time a serializer is instantiated — on
+    a small read endpoint that is most of the request. An instance kept per class
+    binds its fields once; `to_representation` does not change it, so sharing it is
+    safe. For serializers that need no context (request, view).
+    """
+    representer = _representers.get(serializer_class)
+    if representer is None:
+        representer = _representers.setdefault(serializer_class, serializer_class())
+    return representer.to_representation(instance)
