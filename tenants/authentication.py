@@ -22,8 +22,8 @@ from tenants.rate_limits import COUNTED_ATTRIBUTE, rate_bucket
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
-class ApiKeyUser:
-    """The request's user when an API key authenticated it: no person, just the key."""
+class _CredentialUser:
+    """The request's user when a credential, not a person, authenticated it."""
 
     is_authenticated = True
     is_anonymous = False
@@ -31,6 +31,8 @@ class ApiKeyUser:
     is_superuser = False
     pk = None
 
+
+class ApiKeyUser(_CredentialUser):
     def __init__(self, api_key: ApiKey):
         self.api_key = api_key
 
@@ -38,14 +40,8 @@ class ApiKeyUser:
         return str(self.api_key)
 
 
-class ServiceTokenUser:
-    """The request's user when a service token authenticated it: the operator's software."""
-
-    is_authenticated = True
-    is_anonymous = False
-    is_staff = False
-    is_superuser = False
-    pk = None
+class ServiceTokenUser(_CredentialUser):
+    """The operator's software."""
 
     def __init__(self, service_token: ServiceToken):
         self.service_token = service_token

@@ -145,34 +145,35 @@ class Invitation(TenantOwned):
         return "pending"
 
 
-class ApiKey(TenantOwned):
-    """A tenant credential `sy_live_<prefix>_<secret>`.
+class Credential(models.Model):
+    """What API keys and service tokens share: `<kind>_<prefix>_<secret>`, stored as the
+    prefix (for lookup) and a SHA-256 of the secret, with scopes, expiry and revocation.
 
-    Only the prefix (for lookup) and a SHA-256 of the secret are stored. The secret
-    has at least 128 bits of entropy, so a fast hash is enough: there is nothing
-    to brute-force, and a password hasher would cost every request dearly.
+    The secret has at least 128 bits of entropy, so a fast hash is enough: there is
+    nothing to brute-force, and a password hasher would cost every request dearly.
     """
+
+    KIND = ""  # the text before the prefix: "sy_live" or "sy_svc"
 
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)
     scopes = models.JSONField(default=list)
-    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
-        verbose_name = "API key"
 
     def __str__(self) -> str:
-        return f"{self.name} (sy_live_{self.prefix}_…)"
+        return f"{self.name} ({self.display})"
 
     @property
     def display(self) -> str:
-        return f"sy_live_{self.prefix}_…"
+        return f"{self.KIND}_{self.prefix}_…"
 
     @property
     def state(self) -> str:
@@ -186,44 +187,28 @@ class ApiKey(TenantOwned):
         return str(scope) in self.scopes
 
 
-class ServiceToken(models.Model):
+class ApiKey(TenantOwned, Credential):
+    """A tenant credential `sy_live_<prefix>_<secret>`."""
+
+    KIND = "sy_live"
+
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta(Credential.Meta):
+        verbose_name = "API key"
+
+
+class ServiceToken(Credential):
     """An operator credential `sy_svc_<prefix>_<secret>` for fleet-side software and automation.
 
     Not tenant-owned: it acts for the operator (the fleet, usage ingestion), never
-    for a tenant. Stored like an ApiKey: the prefix, and a SHA-256 of the secret.
+    for a tenant.
     """
 
-    name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=16, unique=True)
-    secret_hash = models.CharField(max_length=64)
-    scopes = models.JSONField(default=list)
+    KIND = "sy_svc"
+
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                    help_text="The staff user who created it; empty when made by a command.")
-    created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.display})"
-
-    @property
-    def display(self) -> str:
-        return f"sy_svc_{self.prefix}_…"
-
-    @property
-    def state(self) -> str:
-        if self.revoked_at:
-            return "revoked"
-        if self.expires_at and self.expires_at <= timezone.now():
-            return "expired"
-        return "active"
-
-    def has_scope(self, scope: str) -> bool:
-        return str(scope) in self.scopes
 
 
 class AuditEvent(TenantOwned):
