@@ -27,6 +27,8 @@ NAVIGATION: list[NavSection] = [
     NavSection("Overview", "console-home", Scope.READ, "home"),
     NavSection("Models", "models", Scope.READ, "cube",
                also_active_for=("model-create", "model-detail", "model-edit", "model-delete")),
+    NavSection("Deployments", "deployments", Scope.READ, "server",
+               also_active_for=("deployment-create", "deployment-detail", "deployment-edit")),
     NavSection("Team", "team", Scope.READ, "users",
                also_active_for=("team-invite", "team-member-role", "team-member-remove", "team-invitation-revoke")),
     NavSection("API keys", "api-keys", Scope.READ, "key", also_active_for=("api-key-revoke",)),

@@ -1,4 +1,4 @@
-"""Forms of the model registry's console pages.
+"""Forms of the model registry's and the deployments' console pages.
 
 Forms check the shape of input; the registry's rules (what a valid source,
 credential reference or config is) live in `scheduler.services`, whose
@@ -10,10 +10,12 @@ from functools import cache
 
 from django import forms
 
+from scheduler import selectors
 from scheduler.architecture import MAX_CONFIG_BYTES, ConfigError, parse_config
+from scheduler.autoscaling import Policy
 from scheduler.catalog import model_templates
 from scheduler.estimator import Slo, Traffic
-from scheduler.models import RegisteredModel
+from scheduler.models import Deployment, RegisteredModel
 from tenants.errors import ServiceError
 
 MAX_CONFIG_KIB = MAX_CONFIG_BYTES // 1024
@@ -307,3 +309,175 @@ class EstimateForm(forms.Form):
     def query(self) -> dict[str, str]:
         """The parameters as given (defaults filled in), for the chart's URL and shared links."""
         return {name: self.data[name] for name in self.fields if self.data.get(name) not in (None, "")}
+
+
+# --- Deployments --------------------------------------------------------------------------
+
+TIER_AUTO, TIER_CHOOSE = "auto", "choose"
+
+# A service's error field → the form field it is shown beside.
+DEPLOYMENT_ERROR_FIELDS = {
+    "slo.ttft_p95_ms": "ttft_p95_ms", "slo.tpot_p95_ms": "tpot_p95_ms",
+    "traffic.requests_per_s": "requests_per_s",
+    "traffic.input_tokens.typical": "input_tokens", "traffic.input_tokens.p95": "input_tokens_p95",
+    "traffic.output_tokens.typical": "output_tokens", "traffic.output_tokens.p95": "output_tokens_p95",
+    "autoscaling.target_concurrency_per_replica": "target_concurrency_per_replica",
+    "autoscaling.scale_down_delay": "scale_down_delay",
+    "autoscaling.scale_to_zero_after": "scale_to_zero_after",
+}
+
+# The policy fields the form edits; the others (window, panic …) are kept as the API set them.
+FORM_POLICY_FIELDS = ("target_concurrency_per_replica", "scale_down_delay", "scale_to_zero_after")
+
+
+def add_deployment_error(form: forms.Form, error: ServiceError) -> None:
+    """Show a deployment service's refusal beside the input it names (`slo.ttft_p95_ms` → p95 TTFT)."""
+    field = DEPLOYMENT_ERROR_FIELDS.get(error.field or "", error.field)
+    if field == "tiers" and form.cleaned_data.get("tier_mode") == TIER_AUTO:
+        field = "tier_mode"
+    form.add_error(field if field in form.fields else None, error.message)
+
+
+class DeploymentForm(forms.Form):
+    """A deployment's desired state, as `deployment_create` takes it (`deployment_update` too, less the name).
+
+    Shapes only: what a tier can serve, quotas and priority caps are the services' to judge.
+    """
+
+    name = forms.CharField(label="Name", max_length=63,
+                           widget=forms.TextInput(attrs={"placeholder": "e.g. support-chat", "autocomplete": "off",
+                                                         "spellcheck": "false"}),
+                           help_text="Lowercase letters, digits and '-'. It names the Kubernetes objects and "
+                                     "metrics, so it cannot be changed later.")
+    model = forms.ModelChoiceField(label="Model", queryset=RegisteredModel.objects.none(), to_field_name="public_id",
+                                   empty_label="Choose a model…")
+    tier_mode = forms.ChoiceField(label="Hardware", widget=forms.RadioSelect, initial=TIER_AUTO,
+                                  choices=[(TIER_AUTO, "Auto: the cheapest tier meeting the SLO"),
+                                           (TIER_CHOOSE, "Choose the allowed tiers")])
+    tiers = forms.MultipleChoiceField(label="Allowed tiers", required=False, widget=forms.CheckboxSelectMultiple)
+    regions = forms.MultipleChoiceField(label="Regions", widget=forms.CheckboxSelectMultiple,
+                                        error_messages={"required": "Choose at least one region."})
+    min_replicas = forms.IntegerField(label="Min replicas", min_value=0, max_value=1000, initial=1)
+    max_replicas = forms.IntegerField(label="Max replicas", min_value=1, max_value=1000, initial=1)
+    ttft_p95_ms = EstimateForm.base_fields["ttft_p95_ms"]
+    tpot_p95_ms = EstimateForm.base_fields["tpot_p95_ms"]
+    requests_per_s = EstimateForm.base_fields["requests_per_s"]
+    input_tokens = EstimateForm.base_fields["input_tokens"]
+    input_tokens_p95 = EstimateForm.base_fields["input_tokens_p95"]
+    output_tokens = EstimateForm.base_fields["output_tokens"]
+    output_tokens_p95 = EstimateForm.base_fields["output_tokens_p95"]
+    priority = forms.IntegerField(label="Priority", min_value=0, max_value=1000, initial=0,
+                                  help_text="Higher is served first when capacity is short; the operator sets "
+                                            "your maximum (0 unless agreed).")
+    token_usage_source = forms.ChoiceField(label="Token usage from", choices=Deployment.TokenUsageSource.choices,
+                                           initial=Deployment.TokenUsageSource.SCRAPE, widget=forms.RadioSelect)
+    target_concurrency_per_replica = forms.FloatField(
+        label="Target concurrency per replica", required=False, min_value=0.1, max_value=10_000,
+        widget=forms.NumberInput(attrs={"step": "any", "placeholder": "From the performance model"}),
+        help_text="In-flight requests one replica should carry. Empty: what the performance model says a "
+                  "replica serves within the SLO.")
+    scale_down_delay = forms.FloatField(
+        label="Scale-down delay (s)", min_value=0, max_value=86_400, initial=Policy().scale_down_delay,
+        widget=forms.NumberInput(attrs={"step": "any"}),
+        help_text="How long lower demand must hold before replicas are removed.")
+    scale_to_zero_after = forms.FloatField(
+        label="Scale to zero after (s)", required=False, min_value=30, max_value=30 * 86_400,
+        widget=forms.NumberInput(attrs={"step": "any", "placeholder": "Never"}),
+        help_text="Idle seconds before stopping the last replica; needs min replicas 0. Empty: never.")
+
+    def __init__(self, data=None, *, tenant, initial=None, stored_policy: dict | None = None):
+        super().__init__(data, initial=initial)
+        self.stored_policy = dict(stored_policy or {})
+        # The tenant's own models only: another tenant's id is "not a valid choice", like a missing one.
+        self.fields["model"].queryset = selectors.model_list_for_tenant(tenant).order_by("name")
+        self.fields["model"].label_from_instance = lambda model: f"{model.name} ({model.dtype})"
+        tiers = list(selectors.hardware_tier_list().order_by("accelerator__name", "price_per_accelerator_hour"))
+        self.fields["tiers"].choices = [
+            (tier.slug, f"{tier.capacity_class} · {tier.price_per_accelerator_hour.normalize():f} {tier.currency}/h")
+            for tier in tiers]
+        self.tier_hardware = {tier.slug: tier.accelerator for tier in tiers}
+        self.fields["regions"].choices = [(region.slug, f"{region.name} ({region.slug})" if region.name != region.slug
+                                           else region.slug) for region in selectors.region_list()]
+
+    def tier_groups(self) -> list[tuple[object, list]]:
+        """The tier checkboxes grouped by hardware (accelerator type), for the template."""
+        groups: dict = {}
+        for checkbox in self["tiers"]:
+            accelerator = self.tier_hardware[checkbox.data["value"]]
+            groups.setdefault(accelerator, []).append(checkbox)
+        return list(groups.items())
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("tier_mode") == TIER_CHOOSE and not cleaned.get("tiers") and "tiers" not in self.errors:
+            self.add_error("tiers", "Choose at least one tier, or let auto pick.")
+        minimum, maximum = cleaned.get("min_replicas"), cleaned.get("max_replicas")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            self.add_error("min_replicas", f"Must not exceed max replicas ({maximum}).")
+        for typical, p95 in (("input_tokens", "input_tokens_p95"), ("output_tokens", "output_tokens_p95")):
+            if cleaned.get(typical) and cleaned.get(p95) and cleaned[p95] < cleaned[typical]:
+                self.add_error(p95, f"Must be at least the typical size ({cleaned[typical]:,}).")
+        return cleaned
+
+    def _autoscaling(self) -> dict:
+        """The stored policy with the form's fields set; a field at its default is left out, so an
+        unchanged form does not show as a change."""
+        policy = {name: value for name, value in self.stored_policy.items() if name not in FORM_POLICY_FIELDS}
+        defaults = Policy()
+        for name in FORM_POLICY_FIELDS:
+            value = self.cleaned_data.get(name)
+            if value is not None and value != getattr(defaults, name):
+                policy[name] = value
+        return policy
+
+    def service_arguments(self) -> dict:
+        """`deployment_create`'s arguments (without `name` for `deployment_update`)."""
+        data = self.cleaned_data
+        arguments = {
+            "model": data["model"],
+            "tiers": "auto" if data["tier_mode"] == TIER_AUTO else list(data["tiers"]),
+            "regions": list(data["regions"]),
+            "min_replicas": data["min_replicas"], "max_replicas": data["max_replicas"],
+            "slo": Slo(ttft_p95_ms=data["ttft_p95_ms"], tpot_p95_ms=data["tpot_p95_ms"]),
+            "traffic": Traffic(requests_per_s=data["requests_per_s"], input_tokens=data["input_tokens"],
+                               output_tokens=data["output_tokens"], input_tokens_p95=data["input_tokens_p95"],
+                               output_tokens_p95=data["output_tokens_p95"]),
+            "autoscaling": self._autoscaling(), "priority": data["priority"],
+            "token_usage_source": data["token_usage_source"],
+        }
+        if "name" in self.fields:
+            arguments["name"] = data["name"]
+        return arguments
+
+    @staticmethod
+    def initial_for_create(query) -> dict:
+        """Defaults (the trace's traffic and SLO), overridden by a link's query parameters — the
+        model page's "Deploy…" carries the comparison over. Bad values are simply not used."""
+        initial = {name: value for name, value in TRACE_DEFAULTS.items()}
+        for name in ("model", *TRACE_DEFAULTS):
+            if query.get(name):
+                initial[name] = query[name]
+        return initial
+
+
+class DeploymentEditForm(DeploymentForm):
+    """What may change on a deployment: everything but its name."""
+
+    def __init__(self, data=None, *, deployment: Deployment):
+        policy = deployment.policy() if deployment.autoscaling else Policy()
+        initial = {
+            "model": deployment.model.public_id,
+            "tier_mode": TIER_AUTO if deployment.tier_auto else TIER_CHOOSE,
+            "tiers": [tier.slug for tier in deployment.tiers.all()],
+            "regions": [region.slug for region in deployment.regions.all()],
+            "min_replicas": deployment.min_replicas, "max_replicas": deployment.max_replicas,
+            "ttft_p95_ms": deployment.slo_ttft_p95_ms, "tpot_p95_ms": deployment.slo_tpot_p95_ms,
+            "requests_per_s": deployment.requests_per_s,
+            "input_tokens": deployment.input_tokens, "input_tokens_p95": deployment.input_tokens_p95,
+            "output_tokens": deployment.output_tokens, "output_tokens_p95": deployment.output_tokens_p95,
+            "priority": deployment.priority, "token_usage_source": deployment.token_usage_source,
+            "target_concurrency_per_replica": policy.target_concurrency_per_replica,
+            "scale_down_delay": policy.scale_down_delay, "scale_to_zero_after": policy.scale_to_zero_after,
+        }
+        super().__init__(data, tenant=deployment.tenant, initial=initial, stored_policy=deployment.autoscaling)
+        del self.fields["name"]

@@ -41,4 +41,12 @@ urlpatterns = [
     path("models/<str:model_id>/estimate-chart.json", views.model_estimate_chart, name="model-estimate-chart"),
     path("models/<str:model_id>/edit/", views.model_edit, name="model-edit"),
     path("models/<str:model_id>/delete/", views.model_delete, name="model-delete"),
+    path("deployments/", views.deployment_list, name="deployments"),
+    path("deployments/new/", views.deployment_create, name="deployment-create"),
+    path("deployments/<str:deployment_id>/", views.deployment_detail, name="deployment-detail"),
+    path("deployments/<str:deployment_id>/replicas.html", views.deployment_live, name="deployment-live"),
+    path("deployments/<str:deployment_id>/edit/", views.deployment_edit, name="deployment-edit"),
+    path("deployments/<str:deployment_id>/pause/", views.deployment_pause, name="deployment-pause"),
+    path("deployments/<str:deployment_id>/resume/", views.deployment_resume, name="deployment-resume"),
+    path("deployments/<str:deployment_id>/delete/", views.deployment_delete, name="deployment-delete"),
 ]

@@ -81,4 +81,38 @@
   document.addEventListener("keydown", function (event) {
     if (event.key === "Escape") closeMenus(null);
   });
+
+  // A part of the page that changes on its own (a deployment's status and replicas):
+  // <div data-live-url="URL"> is replaced by URL's HTML every few seconds, for as long as the
+  // fresh copy still carries data-live-url. Open <details id=…> stay open across refreshes.
+  var LIVE_INTERVAL_MS = 4000;
+  function pollLive(box) {
+    var url = box.getAttribute("data-live-url");
+    if (!url) return;
+    window.setTimeout(function () {
+      fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
+        .then(function (response) {
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.text();
+        })
+        .then(function (html) {
+          var template = document.createElement("template");
+          template.innerHTML = html.trim();
+          var fresh = template.content.firstElementChild;
+          if (!fresh) throw new Error("empty answer");
+          box.querySelectorAll("details[open][id]").forEach(function (open) {
+            var twin = fresh.querySelector("#" + CSS.escape(open.id));
+            if (twin) twin.open = true;
+          });
+          box.replaceWith(fresh);
+          pollLive(fresh);
+        })
+        .catch(function (error) {
+          // Say so rather than show a stale page as if it were current.
+          var note = box.querySelector(".live-note");
+          if (note) note.textContent = "· live updates stopped (" + error.message + "); reload the page";
+        });
+    }, LIVE_INTERVAL_MS);
+  }
+  document.querySelectorAll("[data-live-url]").forEach(pollLive);
 })();

@@ -12,7 +12,6 @@ from tenants.roles import ROLE_SCOPES, Role, Scope
 from tests.factories import MembershipFactory, UserFactory, make_api_key
 
 
-
 def logged_in(user, tenant=None) -> Client:
     client = Client()
     client.force_login(user)
@@ -73,8 +72,9 @@ def test_every_navigation_section_has_a_page():
 def test_navigation_shows_only_sections_the_scopes_allow():
     viewer = [link.label for link in nav_links_for(ROLE_SCOPES[Role.VIEWER], "team")]
     admin = nav_links_for(ROLE_SCOPES[Role.ADMIN], "team")
-    assert viewer == ["Overview", "Models", "Team", "API keys", "Audit log"]
-    assert [link.label for link in admin] == ["Overview", "Models", "Team", "API keys", "Audit log", "Settings"]
+    assert viewer == ["Overview", "Models", "Deployments", "Team", "API keys", "Audit log"]
+    assert [link.label for link in admin] == ["Overview", "Models", "Deployments", "Team", "API keys", "Audit log",
+                                              "Settings"]
     assert [link.label for link in admin if link.active] == ["Team"]
 
 
