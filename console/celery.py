@@ -8,6 +8,7 @@ mid-task: a task may run twice, never zero times.
 import os
 
 from celery import Celery, signals
+from django.conf import settings
 from kombu import Queue
 from prometheus_client import Counter
 
@@ -46,6 +47,13 @@ app.conf.update(
         "purge-expired-rate-counters": {
             "task": "tenants.tasks.rate_counter_purge_task",
             "schedule": 600.0,
+        },
+        # Reconcile: one pass per beat; a message older than one interval is dropped (the
+        # next beat brings a fresh one), so a stopped worker does not come back to a backlog.
+        "reconcile": {
+            "task": "scheduler.tasks.reconcile_task",
+            "schedule": settings.SWITCHYARD_RECONCILE_SECONDS,
+            "options": {"expires": max(1.0, settings.SWITCHYARD_RECONCILE_SECONDS * 0.9)},
         },
         "record-beat-heartbeat": {
             "task": "console.tasks.heartbeat_task",

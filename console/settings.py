@@ -13,6 +13,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from scheduler.fleet.base import fleet_config_from_env
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -265,6 +267,14 @@ SPECTACULAR_SETTINGS = {
 DEFAULT_ACCELERATOR_QUOTA = env.int("SWITCHYARD_DEFAULT_ACCELERATOR_QUOTA", default=64)
 if DEFAULT_ACCELERATOR_QUOTA < 0:
     raise ImproperlyConfigured("SWITCHYARD_DEFAULT_ACCELERATOR_QUOTA must be 0 or more")
+
+# Where replicas run (scheduler/fleet): the simulated twin keeps its state under DATA_DIR
+# unless SWITCHYARD_FLEET_STATE_DIR says otherwise; docs/fleet-drivers.md lists the variables.
+SWITCHYARD_FLEET = {"state_dir": str(DATA_DIR / "fleet"), **fleet_config_from_env(os.environ)}
+# How often Celery beat runs a reconcile pass (docs/deployments.md, "The reconcile loop").
+SWITCHYARD_RECONCILE_SECONDS = env.float("SWITCHYARD_RECONCILE_SECONDS", default=5.0)
+if not SWITCHYARD_RECONCILE_SECONDS > 0:
+    raise ImproperlyConfigured("SWITCHYARD_RECONCILE_SECONDS must be a positive number of seconds")
 
 # --- Operations -----------------------------------------------------------------------------
 

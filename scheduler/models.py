@@ -422,3 +422,19 @@ class PlacementDecision(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.replica}: {self.accelerators} × {self.hardware}"
+
+
+# --- reconcile ------------------------------------------------------------------------------
+
+
+class Lease(models.Model):
+    """A named lease held until `expires_at`: how one reconcile pass at a time is ensured where
+    PostgreSQL's advisory locks are not available (SQLite). Claimed with a conditional UPDATE
+    (… WHERE expires_at < now) that must change exactly one row."""
+
+    name = models.CharField(max_length=64, unique=True)
+    holder = models.CharField(max_length=100, blank=True)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} held by {self.holder or 'nobody'} until {self.expires_at}"
