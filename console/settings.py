@@ -229,6 +229,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["tenants.throttling.CredentialRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "tenants.negotiation.JsonOnlyNegotiation",
     "DEFAULT_SCHEMA_CLASS": "tenants.schema.SwitchyardAutoSchema",
     "EXCEPTION_HANDLER": "tenants.problems.problem_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "tenants.pagination.PagePagination",

@@ -205,3 +205,4 @@ def represent(serializer_class: type[serializers.Serializer], instance) -> dict:
     if representer is None:
         representer = _representers.setdefault(serializer_class, serializer_class())
     return representer.to_representation(instance)
+
