@@ -1372,24 +1372,6 @@ class _Solver:
         else:
             self._put(d, *entry)
 
-    def _evict(self, d: _Dep, kind: str, entry) -> None:
-        if kind == "kept":
-            self._unkeep(d, entry)
-            return
-        placed = list(d.placed)
-        placed.remove(entry)
-        self._release(d)
-        for node, o, n in placed:
-            self._put(d, node, o, n)
-
-    def _readmit(self, d: _Dep, kind: str, entry) -> None:
-        if kind == "kept":
-            node, o, replica = entry
-            self._take(node, replica.accelerators)
-            self._keep(d, node, o, replica)
-        else:
-            self._put(d, *entry)
-
     # -- incremental
 
     def add(self, spec: Deployment) -> None:

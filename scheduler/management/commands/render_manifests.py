@@ -87,12 +87,8 @@ class Command(BaseCommand):
         from scheduler import selectors
         from tenants.scoping import NotFound
 
-        lookup = getattr(selectors, "deployment_for_manifests", None)
-        if lookup is None:
-            raise CommandError("deployments are not available yet (scheduler.selectors.deployment_for_manifests "
-                               "does not exist): render a replica with --spec FILE.json instead")
         try:
-            found = lookup(deployment_id)
+            found = selectors.deployment_for_manifests(deployment_id)
         except (ObjectDoesNotExist, NotFound):
             raise CommandError(f"no deployment {deployment_id!r}") from None
         if found is None:

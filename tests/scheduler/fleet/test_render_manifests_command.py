@@ -78,12 +78,6 @@ def test_it_needs_exactly_one_source(spec_file):
         call_command("render_manifests", "dep-1", "--spec", str(spec_file))
 
 
-def test_a_deployment_id_needs_the_deployments_selector(monkeypatch):
-    monkeypatch.delattr(selectors, "deployment_for_manifests", raising=False)
-    with pytest.raises(CommandError, match="deployments are not available yet"):
-        call_command("render_manifests", "dep-1")
-
-
 def test_a_deployment_id_renders_its_replicas(monkeypatch, capsys):
     asked = []
 
@@ -120,7 +114,5 @@ def test_a_deployment_summary_renders_one_replica_per_placed_node(monkeypatch, c
 
 @pytest.mark.django_db
 def test_an_unknown_deployment_id_is_a_clear_error():
-    if not hasattr(selectors, "deployment_for_manifests"):
-        pytest.skip("scheduler.selectors.deployment_for_manifests does not exist yet")
     with pytest.raises(CommandError, match="no deployment"):
         call_command("render_manifests", "5a0c6a0e-3f7e-4a8e-9b1e-0d2a4c6e8f10")
