@@ -18,13 +18,14 @@ from scheduler.models import (
     HardwareTier,
     Node,
     PlacementDecision,
-    RegisteredModel,
     Region,
+    RegisteredModel,
     Replica,
     TenantLimits,
     TenantQuota,
     Zone,
 )
+from tenants.admin import ReadOnlyAdmin
 from tenants.context import Operator
 from tenants.errors import ServiceError
 from tenants.roles import ALL_SERVICE_SCOPES
@@ -32,20 +33,6 @@ from tenants.roles import ALL_SERVICE_SCOPES
 
 def staff_operator(request) -> Operator:
     return Operator(user=request.user, scopes=ALL_SERVICE_SCOPES, source_ip=request.META.get("REMOTE_ADDR"))
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return request.method in ("GET", "HEAD")
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class HardwareTierInline(admin.TabularInline):

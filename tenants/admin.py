@@ -15,6 +15,22 @@ def staff_actor(request, tenant: Tenant) -> Actor:
     return Actor(tenant=tenant, user=request.user, scopes=ALL_SCOPES, source_ip=request.META.get("REMOTE_ADDR"))
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """For history and derived rows: staff may look, never add, edit or delete."""
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method in ("GET", "HEAD")
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     ordering = ["email"]
@@ -119,22 +135,10 @@ class InvitationAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """Append-only: nobody edits or deletes history, staff included."""
 
     list_display = ["created_at", "tenant", "actor", "action", "object_type", "object_repr", "source_ip"]
     list_filter = ["action", "object_type"]
     search_fields = ["actor", "action", "object_repr", "object_id", "tenant__name"]
     date_hierarchy = "created_at"
-
-    def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return request.method in ("GET", "HEAD")
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -15,11 +15,10 @@ from rest_framework.authentication import BaseAuthentication
 
 from tenants import key_cache
 from tenants.keys import SERVICE_TOKEN, parse_key, secret_matches
-from tenants.models import ApiKey, ServiceToken
+from tenants.models import ApiKey, Credential, ServiceToken
 from tenants.rate_limits import COUNTED_ATTRIBUTE, rate_bucket
 
-# last_used_at is refreshed at most this often, so a busy key costs no write per request.
-LAST_USED_RESOLUTION = timedelta(seconds=60)
+LAST_USED_RESOLUTION = timedelta(seconds=60)  # how often last_used_at is refreshed
 
 
 class _CredentialUser:
@@ -54,9 +53,16 @@ def _refuse(detail: str) -> exceptions.AuthenticationFailed:
     return exceptions.AuthenticationFailed(detail, code="invalid_api_key")
 
 
-def _touch(model, credential, now) -> None:
+def _refuse_unless_active(credential: Credential, noun: str) -> None:
+    """Refuse a revoked or expired credential; note its use (at most once a minute, so a
+    busy credential costs no write per request)."""
+    now = timezone.now()
+    if credential.revoked_at is not None:
+        raise _refuse(f"This {noun} has been revoked.")
+    if credential.expires_at is not None and credential.expires_at <= now:
+        raise _refuse(f"This {noun} expired at {credential.expires_at.isoformat()}.")
     if credential.last_used_at is None or now - credential.last_used_at >= LAST_USED_RESOLUTION:
-        model.objects.filter(pk=credential.pk).update(last_used_at=now)
+        type(credential).objects.filter(pk=credential.pk).update(last_used_at=now)
         credential.last_used_at = now
 
 
@@ -81,12 +87,7 @@ def api_key_verify(plaintext: str, *, counted: dict | None = None) -> ApiKey:
         if key is None or not secret_matches(secret, key.secret_hash):
             raise _refuse("Invalid API key.")
         key_cache.remember(prefix, key, epoch)
-    now = timezone.now()
-    if key.revoked_at is not None:
-        raise _refuse("This API key has been revoked.")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise _refuse(f"This API key expired at {key.expires_at.isoformat()}.")
-    _touch(ApiKey, key, now)
+    _refuse_unless_active(key, "API key")
     return key
 
 
@@ -113,12 +114,7 @@ def service_token_verify(plaintext: str) -> ServiceToken:
     token = ServiceToken.objects.filter(prefix=prefix).first()
     if token is None or not secret_matches(secret, token.secret_hash):
         raise _refuse("Invalid service token.")
-    now = timezone.now()
-    if token.revoked_at is not None:
-        raise _refuse("This service token has been revoked.")
-    if token.expires_at is not None and token.expires_at <= now:
-        raise _refuse(f"This service token expired at {token.expires_at.isoformat()}.")
-    _touch(ServiceToken, token, now)
+    _refuse_unless_active(token, "service token")
     return token
 
 

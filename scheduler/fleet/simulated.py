@@ -405,11 +405,7 @@ class SimulatedFleet:
     def fetch_metrics(self, replica_id: str) -> str:
         with self._locked():
             now = self._now()
-            state = self._load(replica_id)
-            if state is None:
-                raise ReplicaNotFound(f"no replica {replica_id!r} in the simulated fleet")
-            if self._simulate(state, now):
-                self._save(state)
+            state = self._caught_up(replica_id, now)
             current = self._state_at(state, now)
             if current not in SERVING_STATES:
                 raise MetricsUnavailable(f"replica {replica_id!r} is {current}: its server does not answer /metrics")
@@ -429,12 +425,16 @@ class SimulatedFleet:
         """One replica's status (a convenience beside list_replicas)."""
         with self._locked():
             now = self._now()
-            state = self._load(replica_id)
-            if state is None:
-                raise ReplicaNotFound(f"no replica {replica_id!r} in the simulated fleet")
-            if self._simulate(state, now):
-                self._save(state)
-            return self._status(state, now)
+            return self._status(self._caught_up(replica_id, now), now)
+
+    def _caught_up(self, replica_id: str, now: float):
+        """The replica's state simulated up to `now` (and saved if that moved it). Hold the lock."""
+        state = self._load(replica_id)
+        if state is None:
+            raise ReplicaNotFound(f"no replica {replica_id!r} in the simulated fleet")
+        if self._simulate(state, now):
+            self._save(state)
+        return state
 
     # --- time and files -------------------------------------------------------------------
 
