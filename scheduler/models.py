@@ -254,6 +254,11 @@ class TenantQuota(models.Model):
 # --- deployments ----------------------------------------------------------------------------
 
 
+class LiveDeploymentManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().exclude(status="deleted")
+
+
 class Deployment(TenantOwned):
     """Desired state: a model served on allowed tiers in allowed regions within an SLO.
 
@@ -273,13 +278,16 @@ class Deployment(TenantOwned):
         PAUSED = "paused"
         FAILED = "failed"
         DELETING = "deleting"
+        DELETED = "deleted"
 
     class TokenUsageSource(models.TextChoices):
         SCRAPE = "scrape", "The replicas' Prometheus metrics"
         EXTERNAL = "external", "Usage events posted by an external reporter"
 
     name = models.CharField(max_length=63)
-    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="deployments")
+    # Null only on a deleted deployment whose model was deleted afterwards: services refuse to
+    # delete a model a live deployment uses.
+    model = models.ForeignKey(RegisteredModel, null=True, on_delete=models.SET_NULL, related_name="deployments")
     tier_auto = models.BooleanField(default=True, help_text="Any active on-demand or reserved tier "
                                                              "(the cheapest meeting the SLO is preferred).")
     tiers = models.ManyToManyField(HardwareTier, blank=True, related_name="+",
@@ -308,16 +316,24 @@ class Deployment(TenantOwned):
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    # Deleted deployments are kept (with their stopped replicas) because usage and invoices
+    # refer to them; `objects` hides them everywhere, `all_objects` is for billing and history.
+    objects = LiveDeploymentManager()
+    all_objects = models.Manager()
 
     class Meta:
         ordering = ["name"]
+        base_manager_name = "all_objects"
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "name"], name="deployment_name_unique_per_tenant"),
+            models.UniqueConstraint(fields=["tenant", "name"], condition=~Q(status="deleted"),
+                                    name="deployment_name_unique_per_tenant"),
             models.CheckConstraint(condition=Q(min_replicas__lte=F("max_replicas")),
                                    name="deployment_min_within_max"),
             models.CheckConstraint(condition=Q(max_replicas__gte=1), name="deployment_max_at_least_one"),
             models.CheckConstraint(condition=Q(status__in=["pending", "deploying", "ready", "degraded", "paused",
-                                                           "failed", "deleting"]),
+                                                           "failed", "deleting", "deleted"]),
                                    name="deployment_status_valid"),
             models.CheckConstraint(condition=Q(slo_ttft_p95_ms__gt=0, slo_tpot_p95_ms__gt=0),
                                    name="deployment_slo_positive"),

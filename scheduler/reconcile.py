@@ -7,8 +7,8 @@
    skipped (another one is running), nothing is read or written;
 2. syncs the driver's replica states into the Replica rows (and deletes driver replicas no
    row holds any more: orphans, failed ones, ones on nodes that went down);
-3. stops the replicas of paused and deleting deployments (graceful: they drain) and removes
-   a deleting deployment once none of its replicas holds accelerators;
+3. stops the replicas of paused and deleting deployments (graceful: they drain) and marks
+   a deleting deployment deleted (kept, hidden) once none of its replicas holds accelerators;
 4. autoscales every other deployment (`scheduler.autoscaling.decide` on the in-flight requests
    and the request rate the replicas' counters give — see `counter_rate` — the policy, the
    budget cap) and turns the desired count into demand;
@@ -374,8 +374,11 @@ class _Pass:
                                              f"{deployment.status}.",
                                      data={"replicas": [str(r.public_id) for r in to_stop]})
             if deployment.status == Deployment.Status.DELETING and not replicas:
-                # PlacementDecisions, events and stopped replicas go with it (CASCADE).
-                deployment.delete()
+                # The row stays, hidden, with its stopped replicas: usage and invoices refer to them.
+                deployment.status, deployment.deleted_at = Deployment.Status.DELETED, timezone.now()
+                deployment.save(update_fields=["status", "deleted_at"])
+                deployment_event_add(deployment=deployment, kind="deleted",
+                                     message="Deleted: every replica has stopped.")
                 self.report.deployments_deleted += 1
                 return
             self.report.statuses[str(deployment.public_id)] = deployment.status

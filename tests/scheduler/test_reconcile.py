@@ -154,7 +154,19 @@ def test_deleting_drains_the_replicas_then_removes_the_deployment(tenant_a, flee
     assert report.retired == 1 and Deployment.objects.filter(pk=deployment.pk).exists()
     assert _holding(deployment).get().state == "draining"
     clock.until(django_capture_on_commit_callbacks, lambda: not Deployment.objects.filter(pk=deployment.pk).exists())
-    assert not Replica.objects.filter(deployment_id=deployment.pk).exists()
+    # Kept for usage and invoices, hidden from everything else; nothing holds accelerators.
+    kept = Deployment.all_objects.get(pk=deployment.pk)
+    assert kept.status == "deleted" and kept.deleted_at is not None
+    assert not _holding(kept).exists()
+    assert tenant_a.api.get(f"/api/v1/deployments/{kept.public_id}").status_code == 404
+
+    # Its name and its model are free again.
+    again = make_deployment(tenant_a, name=kept.name, tiers=["h100-80gb-on-demand"], regions=["test-1"])
+    assert again.pk != kept.pk
+    services.deployment_delete(actor=system_actor(tenant_a.tenant), deployment=again)
+    clock.until(django_capture_on_commit_callbacks, lambda: not Deployment.objects.filter(pk=again.pk).exists())
+    services.model_delete(actor=system_actor(tenant_a.tenant), model=kept.model)
+    assert Deployment.all_objects.get(pk=kept.pk).model is None
 
 
 def test_draining_a_node_moves_its_replicas_and_cordons_it(tenant_a, fleet, clock,
