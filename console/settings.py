@@ -277,6 +277,25 @@ SWITCHYARD_RECONCILE_SECONDS = env.float("SWITCHYARD_RECONCILE_SECONDS", default
 if not SWITCHYARD_RECONCILE_SECONDS > 0:
     raise ImproperlyConfigured("SWITCHYARD_RECONCILE_SECONDS must be a positive number of seconds")
 
+# --- Metering (docs/metering.md) ------------------------------------------------------------
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = env.int(name, default=default)
+    if value < 1:
+        raise ImproperlyConfigured(f"{name} must be a positive whole number")
+    return value
+
+
+# The oldest usage event accepted, in days; (source, id) pairs are kept at least this long.
+USAGE_MAX_AGE_DAYS = _positive_int("SWITCHYARD_USAGE_MAX_AGE_DAYS", 35)
+# Raw events are purged after this many days (13 months); rollups are kept for ever.
+USAGE_RETENTION_DAYS = _positive_int("SWITCHYARD_USAGE_RETENTION_DAYS", 396)
+if USAGE_RETENTION_DAYS < USAGE_MAX_AGE_DAYS:
+    raise ImproperlyConfigured("SWITCHYARD_USAGE_RETENTION_DAYS must be at least SWITCHYARD_USAGE_MAX_AGE_DAYS: "
+                               "an event id must be remembered as long as it may be sent again")
+USAGE_MAX_BATCH = 1000  # events per POST /api/v1/usage/events (documented in the API)
+
 # --- Operations -----------------------------------------------------------------------------
 
 # /metrics answers staff users and these networks (the Prometheus scraper's).
