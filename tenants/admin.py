@@ -1,12 +1,22 @@
-"""Back office for tenants, members, API keys and service tokens (never a secret) and the audit log.
-Staff only."""
+"""Back office for tenants, members, API keys and service tokens (never a secret), the audit log
+and webhooks. Staff only."""
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from tenants import services
+from tenants import services, webhooks
 from tenants.context import Actor
-from tenants.models import ApiKey, AuditEvent, Invitation, Membership, ServiceToken, Tenant, User
+from tenants.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    ServiceToken,
+    Tenant,
+    User,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from tenants.roles import ALL_SCOPES
 
 
@@ -141,4 +151,40 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "tenant", "actor", "action", "object_type", "object_repr", "source_ip"]
     list_filter = ["action", "object_type"]
     search_fields = ["actor", "action", "object_repr", "object_id", "tenant__name"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Endpoints can be inspected and disabled here; the signing secret is never shown."""
+
+    list_display = ["url", "tenant", "is_active", "event_types", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["url", "description", "tenant__name", "public_id"]
+    fields = ["tenant", "public_id", "url", "description", "event_types", "is_active", "previous_secret_expires_at",
+              "created_at", "updated_at"]
+    readonly_fields = [field for field in fields if field != "is_active"]
+
+    def has_add_permission(self, request):
+        return False  # tenants make endpoints (console, API), and only they may see the secret
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # disable instead: that is audited, and the tenant keeps the delivery history
+
+    def save_model(self, request, obj, form, change):
+        # Through the service: disabling gives up pending deliveries, and the tenant's audit log records who.
+        if "is_active" in form.changed_data:
+            webhooks.webhook_endpoint_update(actor=staff_actor(request, obj.tenant), endpoint=obj,
+                                             is_active=obj.is_active)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    """Delivery history: staff may look (payload, attempt log), never edit."""
+
+    list_display = ["created_at", "tenant", "event_type", "event_id", "endpoint", "state", "attempts",
+                    "last_status_code", "next_attempt_at"]
+    list_filter = ["state", "event_type"]
+    search_fields = ["event_id", "public_id", "endpoint__url", "tenant__name"]
+    list_select_related = ["tenant", "endpoint"]
     date_hierarchy = "created_at"

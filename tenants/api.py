@@ -1,11 +1,14 @@
-"""REST API of the tenancy layer: the tenant, members, invitations, API keys, audit log."""
+"""REST API of the tenancy layer: the tenant, members, invitations, API keys, audit log, webhooks."""
 
+from datetime import datetime
+
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from tenants import selectors, services
-from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
+from tenants import selectors, services, webhooks
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, WebhookDelivery, WebhookEndpoint
 from tenants.pagination import RecentFirstCursorPagination
 from tenants.rest import StrictSerializer, TenantAPIView, page_of, paginated, represent, valid
 from tenants.roles import Role, Scope
@@ -252,3 +255,200 @@ class AuditEventDetailView(TenantAPIView):
     def get(self, request, event_id):
         return Response(AuditEventOutput(self.get_owned(selectors.audit_event_list_for_tenant(
             self.actor.tenant), event_id)).data)
+
+
+# --- Webhooks -----------------------------------------------------------------------------
+
+
+class WebhookEndpointOutput(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    event_types = serializers.ListField(child=serializers.CharField(), read_only=True,
+                                        help_text='Event types sent here; ["*"] is every type.')
+    previous_secret_expires_at = serializers.SerializerMethodField(
+        help_text="While set, requests are also signed with the secret before the last rotation, until then.")
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["id", "url", "description", "event_types", "is_active", "previous_secret_expires_at", "created_at",
+                  "updated_at"]
+
+    def get_previous_secret_expires_at(self, endpoint) -> datetime | None:
+        expires = endpoint.previous_secret_expires_at
+        return expires if expires and expires > timezone.now() else None
+
+
+class WebhookEndpointWithSecretOutput(WebhookEndpointOutput):
+    secret = serializers.CharField(read_only=True, help_text="The signing secret. Shown once: store it now.")
+
+    class Meta(WebhookEndpointOutput.Meta):
+        fields = [*WebhookEndpointOutput.Meta.fields, "secret"]
+
+
+EVENT_TYPES_HELP = ('Event types to send, e.g. ["deployment.status_changed"], or ["*"] for every type '
+                    "(docs/webhooks.md lists them).")
+
+
+class WebhookEndpointCreateInput(StrictSerializer):
+    url = serializers.CharField(max_length=2048, help_text="An http(s) URL that accepts POST requests.")
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    event_types = serializers.ListField(child=serializers.CharField(max_length=64), allow_empty=False,
+                                        max_length=50, help_text=EVENT_TYPES_HELP)
+
+
+class WebhookEndpointPatchInput(StrictSerializer):
+    url = serializers.CharField(max_length=2048, required=False)
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    event_types = serializers.ListField(child=serializers.CharField(max_length=64), allow_empty=False,
+                                        max_length=50, required=False, help_text=EVENT_TYPES_HELP)
+    is_active = serializers.BooleanField(required=False,
+                                         help_text="false: send nothing (pending deliveries are given up).")
+
+
+class WebhookRotateSecretInput(StrictSerializer):
+    previous_secret_valid_hours = serializers.IntegerField(
+        required=False, default=0, min_value=0, max_value=webhooks.PREVIOUS_SECRET_MAX_HOURS,
+        help_text="Keep signing with the old secret too for this many hours (0: it stops now).")
+
+
+class WebhookAttemptOutput(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    status_code = serializers.IntegerField(allow_null=True, help_text="null: no HTTP answer (see error).")
+    error = serializers.CharField(allow_blank=True)
+    duration_ms = serializers.IntegerField()
+    response = serializers.CharField(allow_blank=True, help_text="The start of the response body.")
+
+
+class WebhookDeliveryOutput(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    endpoint = serializers.UUIDField(source="endpoint.public_id", read_only=True)
+    event_id = serializers.UUIDField(read_only=True, help_text="The same on every attempt and every endpoint: "
+                                                               "drop a request whose event id you have seen.")
+
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "endpoint", "event_id", "event_type", "state", "attempts", "next_attempt_at",
+                  "last_status_code", "last_error", "last_response_ms", "created_at", "delivered_at"]
+
+
+class WebhookDeliveryDetailOutput(WebhookDeliveryOutput):
+    payload = serializers.JSONField(read_only=True, help_text="The request body sent.")
+    attempt_log = WebhookAttemptOutput(many=True, read_only=True)
+
+    class Meta(WebhookDeliveryOutput.Meta):
+        fields = [*WebhookDeliveryOutput.Meta.fields, "payload", "attempt_log"]
+
+
+class WebhookDeliveryFilter(StrictSerializer):
+    state = serializers.ChoiceField(choices=WebhookDelivery.State.choices, required=False)
+    cursor = serializers.CharField(required=False)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+class WebhookEndpointListView(TenantAPIView):
+    required_scopes = {"GET": Scope.READ, "POST": Scope.ADMIN}
+
+    @extend_schema(operation_id="webhooks_list", responses=page_of(WebhookEndpointOutput))
+    def get(self, request):
+        return paginated(self, selectors.webhook_endpoint_list_for_tenant(self.actor.tenant), WebhookEndpointOutput)
+
+    @extend_schema(operation_id="webhooks_create", request=WebhookEndpointCreateInput,
+                   responses={201: WebhookEndpointWithSecretOutput},
+                   description="Creates an endpoint. The response's `secret` is the only time it is shown.")
+    def post(self, request):
+        data = valid(WebhookEndpointCreateInput, request.data)
+        endpoint, secret = webhooks.webhook_endpoint_create(actor=self.actor, **data)
+        endpoint.secret = secret
+        return Response(WebhookEndpointWithSecretOutput(endpoint).data, status=status.HTTP_201_CREATED)
+
+
+class WebhookEndpointView(TenantAPIView):
+    """Fetches the endpoint named in the URL through the tenant, for every webhook endpoint route."""
+
+    def _endpoint(self, endpoint_id) -> WebhookEndpoint:
+        return self.get_owned(selectors.webhook_endpoint_list_for_tenant(self.actor.tenant), endpoint_id)
+
+
+class WebhookEndpointDetailView(WebhookEndpointView):
+    required_scopes = {"GET": Scope.READ, "PATCH": Scope.ADMIN, "DELETE": Scope.ADMIN}
+
+    @extend_schema(operation_id="webhooks_retrieve", responses=WebhookEndpointOutput)
+    def get(self, request, endpoint_id):
+        return Response(WebhookEndpointOutput(self._endpoint(endpoint_id)).data)
+
+    @extend_schema(operation_id="webhooks_update", request=WebhookEndpointPatchInput, responses=WebhookEndpointOutput)
+    def patch(self, request, endpoint_id):
+        endpoint = self._endpoint(endpoint_id)
+        data = valid(WebhookEndpointPatchInput, request.data)
+        endpoint = webhooks.webhook_endpoint_update(actor=self.actor, endpoint=endpoint, **data)
+        return Response(WebhookEndpointOutput(endpoint).data)
+
+    @extend_schema(operation_id="webhooks_destroy", responses={204: None},
+                   description="Deletes the endpoint and its delivery history; nothing more is sent to it.")
+    def delete(self, request, endpoint_id):
+        webhooks.webhook_endpoint_delete(actor=self.actor, endpoint=self._endpoint(endpoint_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookRotateSecretView(WebhookEndpointView):
+    required_scopes = {"POST": Scope.ADMIN}
+
+    @extend_schema(operation_id="webhooks_rotate_secret", request=WebhookRotateSecretInput,
+                   responses=WebhookEndpointWithSecretOutput,
+                   description="A new signing secret, shown in this response only. The old one stops signing now, "
+                               "or after `previous_secret_valid_hours`.")
+    def post(self, request, endpoint_id):
+        endpoint = self._endpoint(endpoint_id)
+        data = valid(WebhookRotateSecretInput, request.data)
+        endpoint, secret = webhooks.webhook_endpoint_rotate_secret(
+            actor=self.actor, endpoint=endpoint, previous_valid_hours=data["previous_secret_valid_hours"])
+        endpoint.secret = secret
+        return Response(WebhookEndpointWithSecretOutput(endpoint).data)
+
+
+class WebhookTestView(WebhookEndpointView):
+    required_scopes = {"POST": Scope.ADMIN}
+
+    @extend_schema(operation_id="webhooks_send_test", request=None, responses={202: WebhookDeliveryOutput},
+                   description=f"Sends a `{webhooks.TEST_EVENT}` event to this endpoint now, whatever it subscribes "
+                               f"to. Follow the returned delivery to see how it went.")
+    def post(self, request, endpoint_id):
+        delivery = webhooks.webhook_endpoint_send_test(actor=self.actor, endpoint=self._endpoint(endpoint_id))
+        return Response(WebhookDeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+class WebhookEndpointDeliveryListView(WebhookEndpointView):
+    required_scopes = {"GET": Scope.READ}
+
+    @extend_schema(operation_id="webhooks_deliveries_list", responses=page_of(WebhookDeliveryOutput, cursor=True),
+                   parameters=[OpenApiParameter("state", str, enum=WebhookDelivery.State.values)])
+    def get(self, request, endpoint_id):
+        endpoint = self._endpoint(endpoint_id)
+        filters = valid(WebhookDeliveryFilter, request.query_params.dict())
+        deliveries = selectors.webhook_delivery_list_for_endpoint(endpoint, state=filters.get("state"))
+        return paginated(self, deliveries, WebhookDeliveryOutput, RecentFirstCursorPagination)
+
+
+class WebhookDeliveryView(TenantAPIView):
+    def _delivery(self, delivery_id) -> WebhookDelivery:
+        return self.get_owned(selectors.webhook_delivery_list_for_tenant(self.actor.tenant), delivery_id)
+
+
+class WebhookDeliveryDetailView(WebhookDeliveryView):
+    required_scopes = {"GET": Scope.READ}
+
+    @extend_schema(operation_id="webhooks_deliveries_retrieve", responses=WebhookDeliveryDetailOutput)
+    def get(self, request, delivery_id):
+        return Response(WebhookDeliveryDetailOutput(self._delivery(delivery_id)).data)
+
+
+class WebhookRedeliverView(WebhookDeliveryView):
+    required_scopes = {"POST": Scope.ADMIN}
+
+    @extend_schema(operation_id="webhooks_deliveries_redeliver", request=None, responses={202: WebhookDeliveryOutput},
+                   description="Attempts the delivery again now, with the same event id (receivers drop a "
+                               "duplicate). A failed attempt is retried on the usual schedule while the event is "
+                               "younger than three days.")
+    def post(self, request, delivery_id):
+        delivery = webhooks.webhook_delivery_redeliver(actor=self.actor, delivery=self._delivery(delivery_id))
+        return Response(WebhookDeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -210,3 +210,44 @@ class AuditFilterForm(forms.Form):
     def __init__(self, *args, actions: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["action"].choices = [("", "All actions"), *((action, action) for action in actions)]
+
+
+# --- Webhooks -----------------------------------------------------------------------------
+
+
+def event_type_choices() -> list[tuple[str, str]]:
+    from tenants.webhooks import ALL_EVENTS, EVENT_TYPES
+
+    return [(ALL_EVENTS, "All events — including types added later"),
+            *((name, f"{name} — {description}") for name, description in sorted(EVENT_TYPES.items()))]
+
+
+class WebhookEndpointForm(forms.Form):
+    url = forms.CharField(label="URL", max_length=2048, widget=forms.URLInput(
+        attrs={"placeholder": "https://example.com/switchyard/webhooks", "autocomplete": "off"}),
+        help_text="Switchyard POSTs JSON here; any 2xx answer counts as delivered.")
+    description = forms.CharField(label="Description", max_length=200, required=False,
+                                  widget=forms.TextInput(attrs={"placeholder": "e.g. Deploy notifications to Slack"}))
+    event_types = forms.MultipleChoiceField(label="Events", widget=forms.CheckboxSelectMultiple,
+                                            choices=event_type_choices,
+                                            error_messages={"required": "Choose at least one event, or all events."})
+
+
+class WebhookEndpointEditForm(WebhookEndpointForm):
+    is_active = forms.BooleanField(
+        label="Active", required=False,
+        help_text="An inactive endpoint is sent nothing; its pending deliveries are given up.")
+
+    @classmethod
+    def for_endpoint(cls, endpoint, data=None) -> "WebhookEndpointEditForm":
+        initial = {"url": endpoint.url, "description": endpoint.description, "event_types": endpoint.event_types,
+                   "is_active": endpoint.is_active}
+        return cls(data, initial=initial)
+
+
+class WebhookRotateSecretForm(forms.Form):
+    previous_secret_valid_hours = forms.TypedChoiceField(
+        label="The old secret stops signing", coerce=int, initial=0,
+        choices=[(0, "Now"), (1, "In 1 hour"), (24, "In 24 hours"), (72, "In 72 hours")],
+        help_text="Until then every request carries a signature with each secret, so your receiver can switch "
+                  "to the new one without missing a request.")

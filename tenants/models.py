@@ -262,3 +262,90 @@ class RateCounter(models.Model):
     bucket = models.CharField(max_length=128, unique=True)
     count = models.PositiveIntegerField(default=0)
     expires_at = models.DateTimeField(db_index=True)
+
+
+class WebhookEndpoint(TenantOwned):
+    """A URL of the tenant's that is sent signed event notifications (tenants/webhooks.py).
+
+    The signing secret is stored as is (HMAC needs it), shown to the tenant once when the
+    endpoint is made or its secret rotated, and never returned by the API afterwards.
+    """
+
+    ALL_EVENTS = "*"
+
+    url = models.URLField(max_length=2048)
+    description = models.CharField(max_length=200, blank=True)
+    # Event types sent here, or ["*"]: every type, including types added later.
+    event_types = models.JSONField(default=list)
+    secret = models.CharField(max_length=100)
+    # After a rotation the old secret may keep signing (beside the new one) for a while, so the
+    # receiver can switch without losing a request.
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True, help_text="Inactive endpoints are sent nothing.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def subscribes_to(self, event_type: str) -> bool:
+        return self.ALL_EVENTS in self.event_types or event_type in self.event_types
+
+    def signing_secrets(self, now) -> list[str]:
+        """The secrets a request is signed with now: the current one, and the previous one while it is valid."""
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+
+class WebhookDelivery(TenantOwned):
+    """One event for one endpoint, and every attempt to send it.
+
+    `event_id` is the event's: the same for every endpoint the event goes to and every
+    attempt (redeliveries included), so receivers can drop duplicates. A pending delivery
+    is due when `next_attempt_at` has passed; a worker claims it by pushing that time
+    forward (a lease) and adding one to `attempts`, in one conditional UPDATE.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed (gave up)"
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event_id = models.UUIDField(db_index=True)
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField(help_text="The request body: id, type, created, tenant, data.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    last_response_ms = models.PositiveIntegerField(null=True, blank=True)
+    # One entry per attempt, oldest first: {attempt, at, status_code, error, duration_ms, response}.
+    attempt_log = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=["pending", "succeeded", "failed"]),
+                                   name="webhook_delivery_state_valid"),
+            # Redelivery reuses the row: one delivery per event and endpoint.
+            models.UniqueConstraint(fields=["endpoint", "event_id"], name="webhook_delivery_once_per_endpoint"),
+        ]
+        indexes = [
+            # The sweep's query: due pending deliveries. Partial, so finished ones cost the index nothing.
+            models.Index(fields=["next_attempt_at"], condition=Q(state="pending"), name="webhook_delivery_due"),
+            models.Index(fields=["endpoint", "-created_at", "-id"], name="webhook_delivery_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} → {self.endpoint_id}"

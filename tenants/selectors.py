@@ -2,10 +2,10 @@
 
 from datetime import datetime
 
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Tenant, WebhookDelivery, WebhookEndpoint
 from tenants.scoping import scoped
 
 
@@ -43,3 +43,33 @@ def audit_event_list_for_tenant(tenant: Tenant, *, action: str | None = None, si
     if until:
         events = events.filter(created_at__lt=until)
     return events
+
+
+def webhook_endpoint_list_for_tenant(tenant: Tenant):
+    return scoped(WebhookEndpoint, tenant).order_by("-created_at", "-id")
+
+
+def webhook_delivery_list_for_tenant(tenant: Tenant):
+    return scoped(WebhookDelivery, tenant).select_related("endpoint").order_by("-created_at", "-id")
+
+
+def webhook_delivery_list_for_endpoint(endpoint: WebhookEndpoint, *, state: str | None = None):
+    """The endpoint's deliveries, newest first (the endpoint was fetched through its tenant)."""
+    deliveries = webhook_delivery_list_for_tenant(endpoint.tenant).filter(endpoint=endpoint)
+    return deliveries.filter(state=state) if state else deliveries
+
+
+def webhook_delivery_counts(endpoint: WebhookEndpoint) -> dict[str, int]:
+    """How many of the endpoint's deliveries are in each state."""
+    counts = dict(webhook_delivery_list_for_endpoint(endpoint).order_by().values("state")
+                  .annotate(n=Count("id")).values_list("state", "n"))
+    return {state: counts.get(state, 0) for state in WebhookDelivery.State.values}
+
+
+def webhook_endpoint_list_with_last_delivery(tenant: Tenant):
+    """The tenant's endpoints, each with the state and time of its latest delivery (or None)."""
+    latest = WebhookDelivery.objects.filter(endpoint=OuterRef("pk")).order_by("-created_at", "-id")
+    return webhook_endpoint_list_for_tenant(tenant).annotate(
+        last_delivery_state=Subquery(latest.values("state")[:1]),
+        last_delivery_at=Subquery(latest.values("created_at")[:1]),
+    )

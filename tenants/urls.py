@@ -13,6 +13,18 @@ api_urlpatterns = [
     path("api-keys/<str:key_id>", api.ApiKeyDetailView.as_view(), name="api-api-key"),
     path("audit-events", api.AuditEventListView.as_view(), name="api-audit-events"),
     path("audit-events/<str:event_id>", api.AuditEventDetailView.as_view(), name="api-audit-event"),
+    path("webhooks", api.WebhookEndpointListView.as_view(), name="api-webhooks"),
+    # Deliveries first: "deliveries" must not be taken for an endpoint id.
+    path("webhooks/deliveries/<str:delivery_id>", api.WebhookDeliveryDetailView.as_view(),
+         name="api-webhook-delivery"),
+    path("webhooks/deliveries/<str:delivery_id>/redeliver", api.WebhookRedeliverView.as_view(),
+         name="api-webhook-delivery-redeliver"),
+    path("webhooks/<str:endpoint_id>", api.WebhookEndpointDetailView.as_view(), name="api-webhook"),
+    path("webhooks/<str:endpoint_id>/rotate-secret", api.WebhookRotateSecretView.as_view(),
+         name="api-webhook-rotate-secret"),
+    path("webhooks/<str:endpoint_id>/test", api.WebhookTestView.as_view(), name="api-webhook-test"),
+    path("webhooks/<str:endpoint_id>/deliveries", api.WebhookEndpointDeliveryListView.as_view(),
+         name="api-webhook-deliveries"),
 ]
 
 # Console pages. Django's auth views reverse the names login, logout and password_reset_*.
@@ -39,4 +51,11 @@ urlpatterns = [
     path("api-keys/", views.api_keys, name="api-keys"),
     path("api-keys/<str:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("audit/", views.audit_log, name="audit-log"),
+    path("webhooks/", views.webhook_list, name="webhooks"),
+    path("webhooks/deliveries/<str:delivery_id>/", views.webhook_delivery, name="webhook-delivery"),
+    path("webhooks/deliveries/<str:delivery_id>/redeliver/", views.webhook_redeliver, name="webhook-redeliver"),
+    path("webhooks/<str:endpoint_id>/", views.webhook_detail, name="webhook-detail"),
+    path("webhooks/<str:endpoint_id>/rotate-secret/", views.webhook_rotate_secret, name="webhook-rotate-secret"),
+    path("webhooks/<str:endpoint_id>/test/", views.webhook_test, name="webhook-test"),
+    path("webhooks/<str:endpoint_id>/delete/", views.webhook_delete, name="webhook-delete"),
 ]

@@ -1,4 +1,4 @@
-"""Console pages of tenancy and identity: accounts, organisations, team, API keys, audit log.
+"""Console pages of tenancy and identity: accounts, organisations, team, API keys, audit log, webhooks.
 
 Views are thin: a form checks the input's shape, a service does the write, and
 a `ServiceError` goes back to the person as a form error or a flash message.
@@ -7,7 +7,9 @@ named in a URL is fetched with `owned_or_404`, so another tenant's object is a
 404 exactly like a missing one.
 """
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from functools import wraps
 
 from django.conf import settings
@@ -23,12 +25,14 @@ from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
 from tenants import selectors, services
+from tenants import webhooks as webhook_services
 from tenants.context import Actor
 from tenants.errors import ServiceError
 from tenants.forms import (
@@ -43,9 +47,12 @@ from tenants.forms import (
     SignupForm,
     SwitchTenantForm,
     TenantSettingsForm,
+    WebhookEndpointEditForm,
+    WebhookEndpointForm,
+    WebhookRotateSecretForm,
     add_service_error,
 )
-from tenants.models import ApiKey, Invitation, Membership, User
+from tenants.models import ApiKey, Invitation, Membership, User, WebhookDelivery, WebhookEndpoint
 from tenants.requests import actor_for_request, client_ip, memberships_of, select_tenant
 from tenants.roles import Role, Scope, may_assign_role
 from tenants.scoping import NotFound, get_owned
@@ -454,3 +461,140 @@ def audit_log(request, actor):
     page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [(event, describe_changes(event.action, event.changes)) for event in page.object_list]
     return render(request, "tenants/audit_log.html", {"form": form, "page": page, "rows": rows, "action": action})
+
+
+# --- Webhooks -----------------------------------------------------------------------------
+
+WEBHOOK_DELIVERIES_PAGE_SIZE = 25
+
+
+@dataclass(frozen=True)
+class ShownSecret:
+    """A signing secret just made (endpoint created or secret rotated): rendered into this one
+    response and kept nowhere else the tenant can read it."""
+
+    endpoint: WebhookEndpoint
+    secret: str
+    rotated: bool = False
+
+
+def _endpoint_or_404(actor: Actor, endpoint_id: str) -> WebhookEndpoint:
+    return owned_or_404(selectors.webhook_endpoint_list_for_tenant(actor.tenant), actor, endpoint_id)
+
+
+@tenant_page({"GET": Scope.READ, "POST": Scope.ADMIN})
+@sensitive_variables("secret", "shown")
+def webhook_list(request, actor):
+    form = WebhookEndpointForm(request.POST if request.method == "POST" else None)
+    shown = None
+    if form.is_bound and form.is_valid():
+        try:
+            endpoint, secret = webhook_services.webhook_endpoint_create(actor=actor, **form.cleaned_data)
+        except ServiceError as error:
+            add_service_error(form, error)
+        else:
+            # Like a new API key: in this response only, never in a redirect or the session.
+            shown = ShownSecret(endpoint=endpoint, secret=secret)
+            form = WebhookEndpointForm()
+    context = {
+        "endpoints": selectors.webhook_endpoint_list_with_last_delivery(actor.tenant),
+        "form": form,
+        "shown": shown,
+        "may_manage": Scope.ADMIN in actor.scopes,
+        "max_endpoints": webhook_services.MAX_ENDPOINTS_PER_TENANT,
+    }
+    return render(request, "tenants/webhooks.html", context)
+
+
+def _render_endpoint(request, actor: Actor, endpoint: WebhookEndpoint, *, form=None, shown: ShownSecret | None = None):
+    deliveries = selectors.webhook_delivery_list_for_endpoint(endpoint)
+    context = {
+        "endpoint": endpoint,
+        "form": form or WebhookEndpointEditForm.for_endpoint(endpoint),
+        "rotate_form": WebhookRotateSecretForm(),
+        "shown": shown,
+        "page": Paginator(deliveries, WEBHOOK_DELIVERIES_PAGE_SIZE).get_page(request.GET.get("page")),
+        "counts": selectors.webhook_delivery_counts(endpoint),
+        "may_manage": Scope.ADMIN in actor.scopes,
+        "previous_secret_valid": endpoint.signing_secrets(timezone.now())[1:] != [],
+    }
+    return render(request, "tenants/webhook_detail.html", context)
+
+
+@tenant_page({"GET": Scope.READ, "POST": Scope.ADMIN})
+def webhook_detail(request, actor, endpoint_id):
+    endpoint = _endpoint_or_404(actor, endpoint_id)
+    form = WebhookEndpointEditForm.for_endpoint(endpoint, request.POST if request.method == "POST" else None)
+    if form.is_bound and form.is_valid():
+        changes = {field: form.cleaned_data[field] for field in form.changed_data}
+        try:
+            webhook_services.webhook_endpoint_update(actor=actor, endpoint=endpoint, **changes)
+        except ServiceError as error:
+            add_service_error(form, error)
+        else:
+            messages.success(request, "Endpoint saved." if changes else "Nothing changed.")
+            return redirect("webhook-detail", endpoint_id=endpoint.public_id)
+    return _render_endpoint(request, actor, endpoint, form=form)
+
+
+@tenant_page({"POST": Scope.ADMIN})
+@sensitive_variables("secret", "shown")
+def webhook_rotate_secret(request, actor, endpoint_id):
+    endpoint = _endpoint_or_404(actor, endpoint_id)
+    form = WebhookRotateSecretForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose when the old secret stops signing.")
+        return redirect("webhook-detail", endpoint_id=endpoint.public_id)
+    endpoint, secret = webhook_services.webhook_endpoint_rotate_secret(
+        actor=actor, endpoint=endpoint, previous_valid_hours=form.cleaned_data["previous_secret_valid_hours"])
+    return _render_endpoint(request, actor, endpoint, shown=ShownSecret(endpoint=endpoint, secret=secret, rotated=True))
+
+
+@tenant_page({"POST": Scope.ADMIN})
+def webhook_test(request, actor, endpoint_id):
+    endpoint = _endpoint_or_404(actor, endpoint_id)
+    try:
+        delivery = webhook_services.webhook_endpoint_send_test(actor=actor, endpoint=endpoint)
+    except ServiceError as error:
+        messages.error(request, error.message)
+        return redirect("webhook-detail", endpoint_id=endpoint.public_id)
+    messages.success(request, f"A {delivery.event_type} event is on its way; its delivery shows how it went.")
+    return redirect("webhook-delivery", delivery_id=delivery.public_id)
+
+
+@tenant_page({"POST": Scope.ADMIN})
+def webhook_delete(request, actor, endpoint_id):
+    endpoint = _endpoint_or_404(actor, endpoint_id)
+    webhook_services.webhook_endpoint_delete(actor=actor, endpoint=endpoint)
+    messages.success(request, f"The endpoint {endpoint.url} was deleted; nothing more is sent to it.")
+    return redirect("webhooks")
+
+
+def _delivery_or_404(actor: Actor, delivery_id: str) -> WebhookDelivery:
+    return owned_or_404(selectors.webhook_delivery_list_for_tenant(actor.tenant), actor, delivery_id)
+
+
+@tenant_page({"GET": Scope.READ})
+def webhook_delivery(request, actor, delivery_id):
+    delivery = _delivery_or_404(actor, delivery_id)
+    context = {
+        "delivery": delivery,
+        "endpoint": delivery.endpoint,
+        "payload": json.dumps(delivery.payload, indent=2, ensure_ascii=False),
+        # Newest first, each time parsed so the page can format it.
+        "attempts": [{**entry, "at": datetime.fromisoformat(entry["at"])} for entry in reversed(delivery.attempt_log)],
+        "may_manage": Scope.ADMIN in actor.scopes,
+    }
+    return render(request, "tenants/webhook_delivery.html", context)
+
+
+@tenant_page({"POST": Scope.ADMIN})
+def webhook_redeliver(request, actor, delivery_id):
+    delivery = _delivery_or_404(actor, delivery_id)
+    try:
+        webhook_services.webhook_delivery_redeliver(actor=actor, delivery=delivery)
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Redelivering event {delivery.event_id} now, with the same event id.")
+    return redirect("webhook-delivery", delivery_id=delivery.public_id)
