@@ -192,6 +192,22 @@ def generate_scale(seed: int, nodes: int = 5000, replicas: int = 25_000) -> dict
                      stop_at_replicas=round(replicas * PLANTED_PER_PLANNED))
 
 
+def fragmented(problem: dict, plan: dict, seed: int, *, share: float = 0.3) -> dict:
+    """The fleet some time after `plan` ran: a seeded `share` of the deployments were deleted and
+    left holes; the rest run where the plan put them (`current`), demand unchanged. What
+    defragmentation is measured on (`python -m bench placement`)."""
+    rng = random.Random(f"fragmented-{seed}-{len(problem['nodes'])}")
+    gone = {d["id"] for d in problem["deployments"] if rng.random() < share}
+    current = [r for r in plan["replicas"] if r["deployment"] not in gone]
+    held: dict[str, int] = {}
+    for replica in current:
+        held[replica["node"]] = held.get(replica["node"], 0) + replica["accelerators"]
+    nodes = [{**node, "free_accelerators": node["free_accelerators"] - held.get(node["id"], 0)}
+             for node in problem["nodes"]]
+    return {**problem, "nodes": nodes, "deployments": [d for d in problem["deployments"] if d["id"] not in gone],
+            "current": current}
+
+
 # --- Checking a plan, independently of the solver -----------------------------------------------
 
 

@@ -16,6 +16,13 @@ deployment is planted, using `--tightness` of the free accelerators). For each i
   options, capacity aside (a reference);
 - naive first fit (cheapest option per rps, first node with room), for scale.
 
+Then defragmentation, reported (no target): on each instance, our plan runs as `current`, 30 %
+of the deployments are deleted (seeded), and `scheduler.placement.defragment` runs in batches
+of `--defrag-batch` moves (the reconcile default) until no move gains anything: moves made,
+accelerators on nodes emptied of replicas (before → after, and per move), nodes with 8 free
+(room for a tensor-parallel-8 replica), cost, time per move; every batch is checked
+(capacity with new and old replicas side by side, served deployments stay served).
+
 Needs SciPy (the `bench` extra); the solver under test does not.
 """
 
@@ -25,7 +32,7 @@ import math
 import statistics
 import time
 
-from bench._placement_instances import first_fit, generate, plan_cost, plan_violations
+from bench._placement_instances import first_fit, fragmented, generate, plan_cost, plan_violations
 from bench.common import EXIT_FAILED, Target, exit_status, machine_facts, print_header, print_table, print_verdict
 
 TARGET_OPTIMUM = Target("<=", 1.02)
@@ -38,6 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tightness", type=float, default=0.85,
                         help="share of free accelerators the planted plan uses (default: 0.85)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per integer program (default: 60)")
+    parser.add_argument("--defrag-batch", type=int, default=2,
+                        help="defragmentation moves per batch (default: 2, as SWITCHYARD_DEFRAG_MAX_MOVES; 0 skips)")
 
 
 def _variables(problem: dict):
@@ -147,6 +156,53 @@ def premium_cost(problem: dict) -> float:
     return total
 
 
+def defragmentation(problem: dict, plan: dict, seed: int, batch: int) -> dict:
+    """Defragment the fleet our plan leaves once 30 % of its deployments are gone (see the module
+    docstring); the figures of one instance, and what any batch got wrong."""
+    from scheduler.placement import apply_moves, defragment, parse_problem
+
+    state = parse_problem(fragmented(problem, plan, seed))
+    price = {h.name: float(h.price_per_hour) for h in state.hardware}
+
+    def figures(p):
+        holding = {r.node for r in p.current}
+        return (sum(n.free_accelerators for n in p.nodes if n.id not in holding),
+                sum(1 for n in p.nodes if n.free_accelerators >= 8),
+                sum(price[r.hardware] * r.accelerators for r in p.current))
+
+    def rps(p):
+        options = {d.id: {(o.hardware, o.accelerators): o.rps_per_replica for o in d.options} for d in p.deployments}
+        out = dict.fromkeys(options, 0.0)
+        for r in p.current:
+            out[r.deployment] += options[r.deployment].get((r.hardware, r.accelerators), 0.0)
+        return out
+
+    demand = {d.id: d.demand_rps for d in state.deployments}
+    before = figures(state)
+    moves, wrong, seconds, first = 0, [], 0.0, None
+    while moves < 2000:
+        started = time.process_time()
+        step = defragment(state, batch)
+        seconds += time.process_time() - started
+        if not step:
+            break
+        free = {n.id: n.free_accelerators for n in state.nodes}
+        for move in step:  # make before break: every new replica beside every old one
+            free[move.to.node] -= move.to.accelerators
+        after = apply_moves(state, step)
+        served_before, served_after = rps(state), rps(after)
+        wrong += [f"{node} over-committed" for node, left in free.items() if left < 0]
+        wrong += [f"{ident} lost rps" for ident, value in served_after.items()
+                  if value < min(served_before[ident], demand[ident]) - 1e-9]
+        state = after
+        moves += len(step)
+        if first is None and moves >= 10:
+            first = figures(state)[0]
+    end = figures(state)
+    return {"replicas": len(state.current), "moves": moves, "before": before, "after": end,
+            "first10": first if first is not None else end[0], "seconds": seconds, "wrong": wrong}
+
+
 def run(args) -> int:
     try:
         import scipy  # noqa: F401  (only to fail early with a useful message)
@@ -164,6 +220,7 @@ def run(args) -> int:
     rows = []
     vs_optimum, vs_one_type, vs_premium = [], [], []
     not_proven, missed_serving, infeasible_plans, one_type_not_proven = [], [], [], []
+    defrag_rows, defrag_freed, defrag_wrong = [], [], []
     for nodes in sizes:
         for seed in seeds:
             problem = generate(seed, nodes, tightness=args.tightness)
@@ -206,6 +263,20 @@ def run(args) -> int:
                          f"{single_ref:.2f}" if not math.isnan(single_ref) else single["status"], f"{one_ratio:.4f}",
                          f"{premium:.2f}", f"{ours / premium:.3f}",
                          f"{plan_cost(problem, naive):.2f}/{len(naive['unserved'])}u"])
+            if args.defrag_batch > 0:
+                found = defragmentation(problem, plan, seed, args.defrag_batch)
+                freed = found["after"][0] - found["before"][0]
+                if found["moves"]:
+                    defrag_freed.append((freed / found["moves"], (found["first10"] - found["before"][0])
+                                         / min(10, found["moves"])))
+                defrag_wrong += [f"{label}: {line}" for line in found["wrong"][:3]]
+                defrag_rows.append([label, str(found["replicas"]), str(found["moves"]),
+                                    f"{found['before'][0]} → {found['after'][0]}",
+                                    f"{freed / found['moves']:.2f}" if found["moves"] else "—",
+                                    f"{found['before'][1]} → {found['after'][1]}",
+                                    f"{found['before'][2]:.2f} → {found['after'][2]:.2f}",
+                                    f"{found['seconds'] * 1000 / max(found['moves'], 1):.0f}",
+                                    "yes" if not found["wrong"] else f"NO ({len(found['wrong'])})"])
             print(f"  {label}: ours {ours:.2f} in {ours_ms:.0f} ms, optimum {exact['cost']:.2f} ({exact['status']}, "
                   f"{exact['seconds']:.1f} s), one type {single_ref:.2f} ({single['status']}, {single['seconds']:.1f} s), "
                   f"ratio {ratio:.4f}", flush=True)
@@ -233,10 +304,21 @@ def run(args) -> int:
               f"   target {TARGET_ONE_TYPE} (DESIGN.md)   {'PASS' if met_one else 'MISS'}")
     print(f"ours ÷ everything on the premium tier: worst {max(vs_premium):.3f}, mean {statistics.fmean(vs_premium):.3f} "
           f"(reported)\n")
+    if defrag_rows:
+        print(f"Defragmentation (reported): our plan running, 30 % of its deployments deleted, batches of "
+              f"{args.defrag_batch} moves until none gains")
+        print_table(["instance", "replicas", "moves", "accel. on empty nodes", "freed/move", "nodes ≥ 8 free",
+                     "$/h", "ms/move", "constraints kept"], defrag_rows)
+        if defrag_freed:
+            print(f"accelerators freed per move (on nodes emptied of replicas): mean "
+                  f"{statistics.fmean(f for f, _ in defrag_freed):.2f} over all moves, "
+                  f"{statistics.fmean(f for _, f in defrag_freed):.2f} over the first 10 (reported)")
+        print(f"Defragmentation batches that broke a constraint: {len(defrag_wrong)}"
+              + "".join(f"\n  {line}" for line in defrag_wrong) + "\n")
     met = print_verdict(
         figure_name="plan cost ÷ exact optimum (worst instance)", figure=max(vs_optimum), target=TARGET_OPTIMUM,
         how_to_read="1.000 is the integer program's optimum; 1.02 means 2 % dearer than it. The baseline in the "
                     "same run is that optimum (and the best one-hardware-type plan, which we should not exceed). "
                     "Every deployment must also be served wherever the program found a plan serving all: "
                     f"{len(missed_serving)} instance(s) missed that.")
-    return exit_status(met and not missed_serving and not infeasible_plans, args)
+    return exit_status(met and not missed_serving and not infeasible_plans and not defrag_wrong, args)

@@ -7,9 +7,35 @@ Placement consumes the same numbers (`rps_per_replica` of each option).
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from statistics import NormalDist
 
 from scheduler.architecture import Architecture
 from scheduler.perf import TENSOR_PARALLEL_DEGREES, Efficiency, Hardware, ReplicaCapacity, Workload, replica_capacity
+
+
+Z90, Z95 = NormalDist().inv_cdf(0.90), NormalDist().inv_cdf(0.95)
+
+
+def _lognormal_sigma(median: int, p95: int) -> float:
+    return math.log(max(p95, median) / median) / Z95
+
+
+def lognormal_mean(median: int, p95: int) -> int:
+    """The mean of a log-normal size with this median and p95 (a p95 below the median counts
+    as the median), rounded. Request sizes are log-normal (the Azure 2023 traces), so the
+    mean sits above the median: 512 / p95 1,024 has mean 560."""
+    if median <= 0:
+        return median
+    return max(1, round(median * math.exp(_lognormal_sigma(median, p95) ** 2 / 2)))
+
+
+def lognormal_p90(median: int, p95: int) -> int:
+    """The p90 of the same log-normal, rounded: what the simulated fleet's TrafficProfile
+    takes (it fits its sizes to median and p90), so that the twin sends the sizes the
+    estimator planned for. 512 / p95 1,024 has p90 879."""
+    if median <= 0:
+        return median
+    return max(median, round(median * math.exp(_lognormal_sigma(median, p95) * Z90)))
 
 
 @dataclass(frozen=True)
@@ -23,6 +49,13 @@ class Traffic:
     @property
     def typical(self) -> Workload:
         return Workload(self.input_tokens, self.output_tokens)
+
+    @property
+    def mean(self) -> Workload:
+        """The mean request, log-normal from median and p95: what throughput is counted in
+        (requests/s = tokens/s ÷ mean tokens per request) and tokens are billed by."""
+        return Workload(lognormal_mean(self.input_tokens, self.input_tokens_p95),
+                        lognormal_mean(self.output_tokens, self.output_tokens_p95))
 
     @property
     def p95(self) -> Workload:
@@ -78,7 +111,7 @@ def replica_options(arch: Architecture, dtype: str, hardware: Hardware, efficien
     for degree in TENSOR_PARALLEL_DEGREES:
         if degree > hardware.accelerators_per_node:
             break
-        capacity = replica_capacity(arch, dtype, hardware, efficiency, degree, typical=traffic.typical,
+        capacity = replica_capacity(arch, dtype, hardware, efficiency, degree, typical=traffic.mean,
                                     p95=traffic.p95, ttft_slo_ms=slo.ttft_p95_ms, tpot_slo_ms=slo.tpot_p95_ms)
         options.append(ReplicaOption(hardware.slug, degree, capacity))
     return options
@@ -122,7 +155,7 @@ def quote_tiers(arch: Architecture, dtype: str, offers: list[TierOffer], traffic
         capacity = chosen.capacity
         replicas = max(1, math.ceil(traffic.requests_per_s / capacity.requests_per_s - 1e-9))
         cost = offer.price_per_accelerator_hour * replicas * chosen.accelerators
-        tokens_per_hour = Decimal(str(traffic.requests_per_s * traffic.output_tokens * 3600))
+        tokens_per_hour = Decimal(str(traffic.requests_per_s * traffic.mean.output_tokens * 3600))
         per_million = _money(cost / tokens_per_hour * 1_000_000) if tokens_per_hour > 0 else None
         quotes.append(TierQuote(
             tier=offer.tier, hardware=hw.slug, capacity_class=offer.capacity_class, currency=offer.currency,

@@ -40,6 +40,10 @@ ACTIVATION_TENSORS = 12
 
 TENSOR_PARALLEL_DEGREES = (1, 2, 4, 8, 16)
 
+# vLLM's default max_num_seqs: a replica never runs more requests at once, whatever memory
+# allows. The simulated fleet and the autoscaling benchmark run their engines with it too.
+MAX_NUM_SEQS = 256
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -327,13 +331,18 @@ def replica_capacity(arch: Architecture, dtype: str, hw: Hardware, eff: Efficien
     """Requests/s one replica serves with p95 TTFT and TPOT within the SLO.
 
     Latency is checked on the p95 request shape (long prompts make slow first
-    tokens); throughput is that of the typical shape at the chosen concurrency.
+    tokens); throughput is that of the `typical` shape at the chosen concurrency — pass
+    the *mean* request: a replica's request rate is its token rate ÷ the mean tokens per
+    request (a median understates the work of skewed sizes). The concurrency is at most
+    what memory holds of p95 requests and at most MAX_NUM_SEQS (the engine runs no more).
+    This is the planning figure, at the SLO; a saturated replica serves more, late
+    (the simulated fleet's `max_throughput`).
     """
     context = p95.input_tokens + p95.output_tokens
     reason = fit_reason(arch, dtype, hw, accelerators, context, 1)
     if reason:
         return ReplicaCapacity(False, 0, 0.0, math.nan, math.nan, reason)
-    room = max_concurrency(arch, dtype, hw, accelerators, context)
+    room = min(MAX_NUM_SEQS, max_concurrency(arch, dtype, hw, accelerators, context))
 
     def latencies(c):
         slow = _under_load(arch, dtype, hw, eff, accelerators, replace(p95, concurrency=c))

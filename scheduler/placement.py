@@ -46,6 +46,7 @@ either served (Σ rps ≥ demand, count within bounds) or listed as unserved wit
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import math
@@ -154,7 +155,9 @@ class Decision:
     """Why a served deployment's replicas are what they are (DESIGN: PlacementDecision).
 
     Every replica of the deployment is explained by the `chosen` line of its option; nodes are
-    picked best-fit (fewest free accelerators that still take the replica)."""
+    picked best-fit (fewest free accelerators that still take the replica), spread over the
+    zones of its regions where its option has room in more than one (`zones`: where its
+    replicas run)."""
 
     deployment: str
     chosen: tuple[ChosenOption, ...]
@@ -162,6 +165,7 @@ class Decision:
     cost_per_hour: Decimal
     rejected: tuple[Alternative, ...]
     note: str = ""
+    zones: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -406,6 +410,7 @@ def plan_to_dict(plan: Plan, *, explain: bool = False) -> dict:
                        for c in d.chosen],
             "rejected": [{**_option_dict(a.option), "reason": a.reason} for a in d.rejected],
             **({"note": d.note} if d.note else {}),
+            "zones": list(d.zones),
         } for d in plan.decisions]
     return out
 
@@ -485,23 +490,27 @@ def best_mix(costs: list[float], rps: list[float], available: list[int], need_rp
 
 
 class _Pool:
-    """Ready nodes of one hardware type in one region, bucketed by free accelerators."""
+    """Ready nodes of one hardware type in one zone, bucketed by free accelerators (a zone lies in
+    one region; nodes without a zone form one zone per region)."""
 
-    __slots__ = ("hardware", "region", "buckets", "top", "holders")
+    __slots__ = ("hardware", "region", "zone", "buckets", "top", "free", "holders")
 
-    def __init__(self, hardware: str, region: str):
+    def __init__(self, hardware: str, region: str, zone: int):
         self.hardware = hardware
         self.region = region
+        self.zone = zone  # index into _Solver.zone_names
         self.buckets: list[dict[int, None]] = []  # buckets[f]: ordered set of node indices with f free
         self.top = 0
+        self.free = 0  # Σ free accelerators of its nodes
         self.holders: dict[int, int] = {}  # deployment index → accelerators of new replicas here
 
 
 class _Dep:
     """One deployment's working state."""
 
-    __slots__ = ("spec", "index", "costs", "choice", "rps", "accs", "hws", "pools", "groups", "shared", "kept", "placed", "on_node", "served",
-                 "ideal", "regret", "block", "tier", "reason", "avail_seen", "note", "summary", "dropped")
+    __slots__ = ("spec", "index", "costs", "choice", "rps", "accs", "hws", "pools", "groups", "shared", "kept", "placed",
+                 "on_node", "zones", "spreads", "spreading", "served", "ideal", "regret", "block", "tier", "reason",
+                 "avail_seen", "note", "summary", "dropped")
 
     def __init__(self, spec: Deployment, index: int, solver: _Solver):
         self.spec = spec
@@ -511,14 +520,18 @@ class _Dep:
         self.hws = [o.hardware for o in spec.options]
         self.costs = [o.accelerators * solver.price[o.hardware] for o in spec.options]
         self.choice = self.costs  # what a mix is chosen by: the price, plus scarcity while constructing
-        self.pools = [[solver.pools[(o.hardware, region)] for region in spec.regions
-                       if (o.hardware, region) in solver.pools] for o in spec.options]
+        self.pools = [[pool for region in spec.regions for pool in solver.region_pools.get((o.hardware, region), ())]
+                      for o in spec.options]
         hardware = list(dict.fromkeys(self.hws))
         self.groups = [hardware.index(h) for h in self.hws]  # options on one hardware share its capacity
         self.shared = len(hardware) < len(self.hws)
         self.kept: list[tuple[int, int, Replica]] = []  # (node, option, the current replica)
         self.placed: list[tuple[int, int, int]] = []  # (node, option, count) new replicas
         self.on_node: dict[int, int] = {}
+        self.zones: dict[int, int] = {}  # zone index → replicas of d there (kept and new)
+        # An option spreads when its pools lie in more than one zone (one pool per zone and hardware).
+        self.spreads = [solver.spread and len(pools) > 1 for pools in self.pools]
+        self.spreading = True  # off for one `_serve` attempt when spreading left a mix unpacked
         self.served = False
         self.ideal = 0.0  # cost of the cheapest mix for the remaining need, capacity aside
         self.regret = 0.0
@@ -549,8 +562,10 @@ class _Dep:
 
 
 class _Solver:
-    def __init__(self, problem: Problem, *, effort: float = 1.0, boost: dict[int, int] | None = None):
+    def __init__(self, problem: Problem, *, effort: float = 1.0, boost: dict[int, int] | None = None,
+                 spread: bool = True):
         self.problem = problem
+        self.spread = spread  # spread each deployment's replicas over zones (`_pack_spread`)
         self.effort = effort
         self.boost = boost or {}  # deployment index → rounds it ended unserved (it picks earlier)
         self.price = {h.name: float(h.price_per_hour) for h in problem.hardware}
@@ -564,14 +579,19 @@ class _Solver:
         for replica in problem.current:
             held[self.node_index[replica.node]] += replica.accelerators
         self.capacity = [n.free_accelerators + h for n, h in zip(nodes, held, strict=True)]  # static
-        self.pools: dict[tuple[str, str], _Pool] = {}
+        zones: dict[tuple[str, str], int] = {}
+        self.zone_of = [zones.setdefault((n.region, n.zone), len(zones)) for n in nodes]
+        self.zone_names = [zone or region for region, zone in zones]
+        self.pools: dict[tuple[str, int], _Pool] = {}  # (hardware, zone index) → pool
+        self.region_pools: dict[tuple[str, str], list[_Pool]] = {}  # (hardware, region) → its zones' pools
         self.pool_of: list[_Pool | None] = [None] * len(nodes)
         for i, node in enumerate(nodes):
             if not self.ready[i]:
                 continue
-            pool = self.pools.get((node.hardware, node.region))
+            pool = self.pools.get((node.hardware, self.zone_of[i]))
             if pool is None:
-                pool = self.pools[(node.hardware, node.region)] = _Pool(node.hardware, node.region)
+                pool = self.pools[(node.hardware, self.zone_of[i])] = _Pool(node.hardware, node.region, self.zone_of[i])
+                self.region_pools.setdefault((node.hardware, node.region), []).append(pool)
             self.pool_of[i] = pool
             pool.top = max(pool.top, node.free_accelerators + held[i])
         for pool in self.pools.values():
@@ -579,6 +599,7 @@ class _Solver:
         for i, pool in enumerate(self.pool_of):
             if pool is not None:
                 pool.buckets[self.free[i]][i] = None
+                pool.free += self.free[i]
         self.used = {h.name: 0 for h in problem.hardware}  # accelerators held by planned replicas
         self.deps = [_Dep(spec, i, self) for i, spec in enumerate(problem.deployments)]
         self.dep_by_id = {d.spec.id: d for d in self.deps}
@@ -596,6 +617,7 @@ class _Solver:
         del pool.buckets[f][node]
         f -= accelerators
         pool.buckets[f][node] = None
+        pool.free -= accelerators
         self.free[node] = f
 
     def _give(self, node: int, accelerators: int) -> None:
@@ -607,12 +629,15 @@ class _Solver:
         del pool.buckets[f][node]
         f += accelerators
         pool.buckets[f][node] = None
+        pool.free += accelerators
         self.free[node] = f
 
     def _put(self, d: _Dep, node: int, o: int, n: int) -> None:
         accelerators = d.accs[o] * n
         self._take(node, accelerators)
-        d.on_node[node] = d.on_node.get(node, 0) + n
+        on, zones, zone = d.on_node, d.zones, self.zone_of[node]  # `_count`, inline: the hot path
+        on[node] = on.get(node, 0) + n
+        zones[zone] = zones.get(zone, 0) + n
         d.placed.append((node, o, n))
         pool = self.pool_of[node]
         pool.holders[d.index] = pool.holders.get(d.index, 0) + accelerators
@@ -626,11 +651,7 @@ class _Solver:
         for node, o, n in placed:
             accelerators = d.accs[o] * n
             self._give(node, accelerators)
-            left = d.on_node[node] - n
-            if left:
-                d.on_node[node] = left
-            else:
-                del d.on_node[node]
+            self._count(d, node, -n)
             pool = self.pool_of[node]
             held = pool.holders[d.index] - accelerators
             if held:
@@ -648,20 +669,30 @@ class _Solver:
         d.served = served
         d.avail_seen = avail_seen
 
+    def _count(self, d: _Dep, node: int, n: int) -> None:
+        """d has n more (or, negative, fewer) replicas on `node` (and in its zone)."""
+        left = d.on_node.get(node, 0) + n
+        if left:
+            d.on_node[node] = left
+        else:
+            del d.on_node[node]
+        zone = self.zone_of[node]
+        left = d.zones.get(zone, 0) + n
+        if left:
+            d.zones[zone] = left
+        else:
+            del d.zones[zone]
+
     def _keep(self, d: _Dep, node: int, o: int, replica: Replica) -> None:
         d.kept.append((node, o, replica))
-        d.on_node[node] = d.on_node.get(node, 0) + 1
+        self._count(d, node, 1)
         self.used[replica.hardware] += replica.accelerators
         d.summary = None
 
     def _unkeep(self, d: _Dep, entry: tuple[int, int, Replica]) -> None:
         node, _, replica = entry
         d.kept.remove(entry)
-        left = d.on_node[node] - 1
-        if left:
-            d.on_node[node] = left
-        else:
-            del d.on_node[node]
+        self._count(d, node, -1)
         self._give(node, replica.accelerators)
         self.used[replica.hardware] -= replica.accelerators
         d.summary = None
@@ -674,6 +705,11 @@ class _Solver:
         cap = d.spec.max_replicas_per_node
         total = 0
         for pool in d.pools[o]:
+            if pool.free < a:
+                continue  # not one replica fits on any of its nodes
+            if a == 1 and cap >= pool.top:
+                total += pool.free  # every free accelerator takes a replica
+                continue
             buckets = pool.buckets
             for f in range(a, pool.top + 1):
                 if buckets[f]:
@@ -696,7 +732,7 @@ class _Solver:
                 if id(pool) in seen:
                     continue
                 seen.add(id(pool))
-                budgets[g] += sum(f * len(bucket) for f, bucket in enumerate(pool.buckets) if bucket)
+                budgets[g] += pool.free
         return budgets
 
     def _remaining(self, d: _Dep) -> tuple[float, int, int]:
@@ -744,6 +780,8 @@ class _Solver:
 
     def _pack(self, d: _Dep, o: int, k: int) -> int:
         """Place up to k replicas of option o best-fit; returns how many were placed."""
+        if d.spreading and d.spreads[o]:
+            return self._pack_spread(d, o, k)
         a = d.accs[o]
         cap = d.spec.max_replicas_per_node
         on = d.on_node
@@ -770,6 +808,42 @@ class _Solver:
             k -= n
         return placed
 
+    def _pack_spread(self, d: _Dep, o: int, k: int) -> int:
+        """Place up to k replicas of option o over the zones of its pools, so one zone's failure
+        takes as few of d's replicas as possible: each group goes to the zone with the fewest
+        replicas of d that has room for one (ties: the tighter fit), and is as large as brings
+        that zone up to the level all zones with room would share; best fit within the zone.
+
+        Every node of one hardware type costs the same, so spreading never changes what a
+        replica costs; what it can cost is packing (a zone's tightest node instead of the
+        fleet's), which `_serve` undoes when it leaves the mix unpacked."""
+        a = d.accs[o]
+        cap = d.spec.max_replicas_per_node
+        on, zones = d.on_node, d.zones
+        placed = 0
+        while k > 0:
+            best = None  # (replicas of d in the zone, free on its tightest fit for one) of the pick
+            pool = None
+            total = rooms = 0
+            for candidate in d.pools[o]:
+                found = _fit(candidate, a, 1, a, cap, on)
+                if found is None:
+                    continue
+                here = zones.get(candidate.zone, 0)
+                rooms += 1
+                total += here
+                if best is None or (here, found[1]) < best:
+                    best, pool = (here, found[1]), candidate
+            if pool is None:
+                return placed
+            level = -(-(k + total) // rooms)  # ceil: each zone's count once all with room are level
+            want = max(1, min(k, cap, level - best[0]))
+            n, _, node = _fit(pool, a, want, want * a, cap, on)  # a node there takes at least one
+            self._put(d, node, o, n)
+            placed += n
+            k -= n
+        return placed
+
     def _serve(self, d: _Dep) -> bool:
         """Give d the new replicas it still needs, cheapest mix first; all or nothing (what d
         already had stays, whatever happens).
@@ -778,6 +852,7 @@ class _Solver:
         hardware or fragments, a pack can fall short. Then what each option really got is a
         new upper bound for it, and the mix is chosen again from scratch."""
         d.reason = None
+        d.spreading = True
         k = len(d.accs)
         start = len(d.placed)
         learned = [INFINITY] * k
@@ -796,18 +871,22 @@ class _Solver:
                 break
             d.avail_seen = available
             counts = found[1]
-            complete = True
+            short = []
             for o in order:
                 n = counts[o]
                 if n:
                     got = self._pack(d, o, n)
                     if got < n:
-                        complete = False
-                        learned[o] = got
-            if complete:
+                        short.append((o, got))
+            if not short:
                 d.served = True
                 return True
             self._release(d, start)
+            if d.spreading and any(d.spreads[o] for o, _ in short):
+                d.spreading = False  # the same mix again, plain best fit: spreading never costs service
+                continue
+            for o, got in short:
+                learned[o] = got
         self._release(d, start)
         d.served = d.is_served()
         return d.served
@@ -869,7 +948,7 @@ class _Solver:
         than it has free, its price rises (and falls back while it has room). Deployments that
         save little on scarce hardware then choose something else from the start."""
         pools = list(self.pools.values())
-        free = {id(p): sum(f * len(bucket) for f, bucket in enumerate(p.buckets)) for p in pools}
+        free = {id(p): p.free for p in pools}
         scarcity = {id(p): 0.0 for p in pools}
         reference = sum(self.price.values()) / max(len(self.price), 1)
         work = [(d, *self._remaining(d)) for d in deps]
@@ -922,17 +1001,19 @@ class _Solver:
                                   else "above max_replicas_per_node on its node"))
                 continue
             d.kept.append((node, option, replica))
-            d.on_node[node] = d.on_node.get(node, 0) + 1
+            self._count(d, node, 1)
             self.used[replica.hardware] += replica.accelerators
         for d in self.deps:
             self._trim(d)
         # Nodes' free counts changed above; re-bucket the pools once.
         for pool in self.pools.values():
+            pool.free = 0
             for bucket in pool.buckets:
                 bucket.clear()
         for i, pool in enumerate(self.pool_of):
             if pool is not None:
                 pool.buckets[self.free[i]][i] = None
+                pool.free += self.free[i]
 
     def _trim(self, d: _Dep) -> None:
         """Drop d's kept replicas beyond max_replicas, then any whose rps d does not need, dearest first."""
@@ -947,11 +1028,7 @@ class _Solver:
             if count > spec.max_replicas or (count - 1 >= spec.min_replicas
                                              and rps - d.rps[o] >= spec.demand_rps - EPS):
                 d.kept.remove(entry)
-                left = d.on_node[node] - 1
-                if left:
-                    d.on_node[node] = left
-                else:
-                    del d.on_node[node]
+                self._count(d, node, -1)
                 self.free[node] += replica.accelerators
                 self.used[replica.hardware] -= replica.accelerators
                 d.dropped.append((replica, "not needed: the others serve the demand" if count <= spec.max_replicas
@@ -1454,7 +1531,8 @@ class _Solver:
             why.setdefault(reason, []).append(replica.node)
         notes += [f"{_count(len(nodes), 'current replica')} removed ({', '.join(sorted(set(nodes)))}): {reason}"
                   for reason, nodes in why.items()]
-        return (d, tuple(counts), len(d.kept), tuple(d.avail_seen) if d.avail_seen else None, "; ".join(notes))
+        return (d, tuple(counts), len(d.kept), tuple(d.avail_seen) if d.avail_seen else None, "; ".join(notes),
+                tuple(d.on_node))
 
     # -- reasons
 
@@ -1506,16 +1584,26 @@ class _Solver:
 
 
 def _fit(pool: _Pool, a: int, want: int, need: int, cap: int, on: dict[int, int]):
-    """Best-fit node in `pool` for up to `want` replicas of `a` accelerators: (n, free, node) or None.
+    """Best-fit node in `pool` for up to `want` (≤ cap) replicas of `a` accelerators: (n, free, node) or None.
 
-    First the node with the fewest free accelerators that takes all `want`; failing that, the
-    one with the most free that takes at least one."""
+    First the node with the fewest free accelerators that takes all `want` (of those, one where
+    the deployment has no replica yet); failing that, the one with the most free that takes at
+    least one."""
+    if pool.free < a:
+        return None  # no node of the pool has room for one
     buckets = pool.buckets
     top = pool.top
     for f in range(need, top + 1):
+        # Among equally tight nodes, one without d's replicas first (spread over nodes at no cost).
+        crowded = None
         for node in buckets[f]:
-            if cap - on.get(node, 0) >= want:
+            here = on.get(node, 0)
+            if not here:
                 return want, f, node
+            if crowded is None and cap - here >= want:
+                crowded = node
+        if crowded is not None:
+            return want, f, crowded
     for f in range(min(need - 1, top), a - 1, -1):
         for node in buckets[f]:
             allowed = cap - on.get(node, 0)
@@ -1538,13 +1626,14 @@ def _rps(value: float) -> str:
 
 
 def _render_decision(solver: _Solver, fact: tuple) -> Decision | None:
-    d, counts, kept, available, note = fact
+    d, counts, kept, available, note, nodes = fact
+    zones = tuple(sorted({solver.zone_names[solver.zone_of[node]] for node in nodes}))
     spec = d.spec
     prices = solver.price_exact
     chosen = tuple(ChosenOption(option, n, prices[option.hardware] * option.accelerators * n)
                    for option, n in zip(spec.options, counts, strict=True) if n)
     if not chosen and spec.demand_rps <= EPS:
-        return Decision(spec.id, (), 0, Decimal(0), (), note or "no demand: no replicas")
+        return Decision(spec.id, (), 0, Decimal(0), (), note or "no demand: no replicas", zones)
     total = sum((c.cost_per_hour for c in chosen), Decimal(0))
     regions = ", ".join(spec.regions)
     chosen_cost = float(total)
@@ -1579,7 +1668,7 @@ def _render_decision(solver: _Solver, fact: tuple) -> Decision | None:
     rejected.sort(key=lambda a: a.option.accelerators * prices[a.option.hardware] / Decimal(str(a.option.rps_per_replica)))
     if not note and kept and kept == sum(counts):
         note = "current replicas kept: they serve the demand"
-    return Decision(spec.id, chosen, kept, total, tuple(rejected[:3]), note)
+    return Decision(spec.id, chosen, kept, total, tuple(rejected[:3]), note, zones)
 
 
 # --- Public entry points --------------------------------------------------------------------
@@ -1588,6 +1677,9 @@ def _render_decision(solver: _Solver, fact: tuple) -> Decision | None:
 # Restarts cost a whole construction each; they are spent where it is cheap (small fleets).
 RESTART_WORK = 3_000  # deployments × extra constructions: none at fleet scale, a dozen on small fleets
 MAX_RESTARTS = 4  # constructions per variant, at most
+# The most a plan that spreads replicas over zones may cost above the same plan packed without
+# spreading, as a share of the latter's cost, where both are made (docs/placement.md).
+SPREAD_PREMIUM = 0.005
 
 
 def solve(problem: Problem, *, effort: float = 1.0) -> Plan:
@@ -1597,15 +1689,35 @@ def solve(problem: Problem, *, effort: float = 1.0) -> Plan:
     scarcity prices of a few step sizes — and a construction that leaves a deployment unserved runs again with the
     deployments that ended unserved picking first ("squeaky wheel"). The best plan wins:
     fewest unserved, highest priority first, then cost. At fleet scale: one construction, and
-    one restart if it left anyone unserved."""
-    best, best_score = None, None
+    one restart if it left anyone unserved.
+
+    Replicas are spread over zones (`_Solver._pack_spread`). Spreading packs less tightly, so
+    the same is also planned without it where it is cheap (small fleets) or where the spread
+    plan left a deployment unserved; the plan without spreading wins if it serves more, or
+    costs more than SPREAD_PREMIUM less."""
     spare = int(RESTART_WORK * effort / max(len(problem.deployments), 1))  # extra constructions allowed
+    spread = _best_construction(problem, effort, spare, spread=True)
+    if not any(any(d.spreads) for d in spread.deps):
+        return spread.plan()  # one zone per region: nothing was spread
+    if spare >= len(PRICE_RATES) - 1 or not all(d.served for d in spread.deps):
+        plain = _best_construction(problem, effort, spare, spread=False)
+        spread_score, plain_score = spread.score(), plain.score()
+        if plain_score[:-1] != spread_score[:-1]:
+            if plain_score[:-1] < spread_score[:-1]:
+                return plain.plan()
+        elif plain_score[-1] * (1 + SPREAD_PREMIUM) < spread_score[-1] - EPS:
+            return plain.plan()
+    return spread.plan()
+
+
+def _best_construction(problem: Problem, effort: float, spare: int, *, spread: bool) -> _Solver:
+    best, best_score = None, None
     for rate in PRICE_RATES if spare >= len(PRICE_RATES) - 1 else PRICE_RATES[:1]:
         boost: dict[int, int] = {}
         previous: list[int] | None = None
         # One restart at least if anyone ends unserved; more while that changes who does.
         for _ in range(max(2, min(MAX_RESTARTS, spare // len(PRICE_RATES)))):
-            solver = _Solver(problem, effort=effort, boost=dict(boost))
+            solver = _Solver(problem, effort=effort, boost=dict(boost), spread=spread)
             solver.solve(price_rate=rate)
             score = solver.score()
             if best_score is None or score < best_score:
@@ -1616,7 +1728,7 @@ def solve(problem: Problem, *, effort: float = 1.0) -> Plan:
             previous = unserved
             for index in unserved:
                 boost[index] = boost.get(index, 0) + 1
-    return best.plan()
+    return best
 
 
 def _solver_of(plan: Plan) -> _Solver:
@@ -1655,6 +1767,294 @@ def remove_deployment(plan: Plan, deployment_id: str) -> Plan:
     return solver.plan()
 
 
+# --- Defragmentation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Move one running replica, make before break: start `to` (same deployment, possibly another
+    of its options), and drain `replica` (one of the problem's `current`) once `to` serves."""
+
+    replica: Replica
+    to: Replica
+    reason: str  # "defragmentation: …", for the deployment's timeline and the placement decision
+
+
+def defragment(problem: Problem, max_moves: int, *, frozen: frozenset[str] | set[str] = frozenset()
+               ) -> tuple[Move, ...]:
+    """At most `max_moves` moves of current replicas, each of which strictly lowers
+    `defragmentation_objective` (docs/placement.md, "Defragmentation"), chosen greedily: each
+    move is the one that lowers it most. () when no move gains anything.
+
+    Only replicas on ready nodes, of one of their deployment's options, in an allowed region, of
+    deployments not in `frozen`, move. Every move keeps every constraint: the target node is ready,
+    of the option's hardware, in an allowed region, has the accelerators free *before* any replica
+    of this batch leaves its node (make before break: all new replicas can run beside all old
+    ones), and the deployment stays within max_replicas_per_node there. A served deployment stays
+    served (its rps never drops below its demand), a short one never loses rps, and no
+    deployment's replicas end up in fewer zones or on fewer nodes than before (moves never undo
+    spreading). A replica started by a move is not moved again in the same batch."""
+    if max_moves <= 0:
+        return ()
+    state = _Defrag(problem, frozenset(frozen))
+    moves: list[Move] = []
+    while len(moves) < max_moves:
+        found = state.best_move()
+        if found is None:
+            break
+        moves.append(state.apply(found))
+    return tuple(moves)
+
+
+def defragmentation_objective(problem: Problem) -> tuple:
+    """What defragmentation lowers, compared as a tuple (smaller is better), most important first:
+
+    1. per priority level, highest first: (rps of the demand short deployments could not place in
+       the free capacity now, replicas short of min_replicas likewise) — a greedy fastest-option-first
+       packing of each short deployment alone, rps rounded to 1e-6;
+    2. the cost per hour of the current replicas (exact);
+    3. per priority level, highest first: minus how close the next replica of each short deployment
+       is to fitting, Σ over them of the largest share of a replica's accelerators free on one
+       node that could hold it (after what the packing above placed);
+    4. minus the accelerators on ready nodes no current replica uses (whole nodes free);
+    5. minus Σ over ready nodes of free accelerators squared (free capacity in fewer, larger blocks)."""
+    return _Defrag(problem, frozenset()).objective()
+
+
+def apply_moves(problem: Problem, moves: tuple[Move, ...] | list[Move]) -> Problem:
+    """The problem once `moves` are done: each `replica` replaced by its `to` in `current`, and the
+    nodes' free accelerators adjusted (the old node gets its accelerators back, the new one gives)."""
+    current = list(problem.current)
+    free = {node.id: node.free_accelerators for node in problem.nodes}
+    for move in moves:
+        current.remove(move.replica)
+        current.append(move.to)
+        free[move.replica.node] += move.replica.accelerators
+        free[move.to.node] -= move.to.accelerators
+    nodes = tuple(Node(n.id, n.region, n.zone, n.hardware, free[n.id], n.state) for n in problem.nodes)
+    return Problem(problem.hardware, nodes, problem.deployments, tuple(current))
+
+
+class _Defrag:
+    """The fleet as `current` leaves it (every current replica kept: no trimming), and the terms of
+    the objective, kept up to date as moves are tried and applied."""
+
+    def __init__(self, problem: Problem, frozen: frozenset[str]):
+        solver = self.solver = _Solver(problem)
+        # (deployment index, node, option) → how many of d's equal replicas there may not move
+        # (equal replicas are interchangeable: which one moves does not matter).
+        self.pinned: dict[tuple[int, int, int], int] = {}
+        for replica in problem.current:
+            d = solver.dep_by_id[replica.deployment]
+            node = solver.node_index[replica.node]
+            o = next((i for i, option in enumerate(d.spec.options)
+                      if (option.hardware, option.accelerators) == (replica.hardware, replica.accelerators)), None)
+            if o is None:  # no longer a shape of the deployment: it holds its node and stays
+                solver._count(d, node, 1)
+                continue
+            solver._keep(d, node, o, replica)
+            if d.spec.id in frozen or not solver.ready[node] or solver.nodes[node].region not in d.spec.regions:
+                self._pin(d, node, o)
+        self.frozen = frozen
+        self.sources: set[int] = set()  # nodes a move of this batch leaves: not targets (make before break)
+        ready = [i for i, pool in enumerate(solver.pool_of) if pool is not None]
+        self.squares = sum(solver.free[i] ** 2 for i in ready)
+        self.whole = sum(solver.capacity[i] for i in ready if self._is_whole(i))
+        self.levels = sorted({d.spec.priority for d in solver.deps}, reverse=True)
+        # Short deployments, and which of them each pool concerns (moves touching it re-measure them).
+        self.short = {d.index: self._shortfall(d) for d in solver.deps if self._is_short(d)}
+        self.watchers: dict[int, list[int]] = {}
+        for index in self.short:
+            for pools in solver.deps[index].pools:
+                for pool in pools:
+                    self.watchers.setdefault(id(pool), []).append(index)
+
+    # -- the objective
+
+    def _is_whole(self, node: int) -> bool:
+        return self.solver.free[node] == self.solver.capacity[node] > 0
+
+    @staticmethod
+    def _is_short(d: _Dep) -> bool:
+        return d.rps_total() < d.spec.demand_rps - EPS or d.count() < d.spec.min_replicas
+
+    def _shortfall(self, d: _Dep) -> tuple[float, int, float]:
+        """(rps d cannot place now, replicas short of min_replicas it cannot place, closeness of its
+        next replica) — packing it alone, fastest option first, then taking the packing back."""
+        solver = self.solver
+        need = d.spec.demand_rps - d.rps_total()
+        missing = d.spec.min_replicas - d.count()
+        budget = d.spec.max_replicas - d.count()
+        if need <= EPS and missing <= 0:
+            return 0.0, 0, 0.0
+        d.spreading = False  # what fits, not where: plain best fit
+        for o in sorted(range(len(d.accs)), key=lambda o: (-d.rps[o], d.costs[o])):
+            if budget <= 0 or (need <= EPS and missing <= 0):
+                break
+            got = solver._pack(d, o, min(budget, max(math.ceil(max(need, 0.0) / d.rps[o] - EPS), missing)))
+            need -= got * d.rps[o]
+            missing -= got
+            budget -= got
+        closeness = 0.0
+        if budget > 0 and (need > EPS or missing > 0):
+            for o, pools in enumerate(d.pools):
+                a = d.accs[o]
+                for pool in pools:
+                    if pool.top < a:
+                        continue  # no node of this pool could ever hold it
+                    most = next((f for f in range(pool.top, -1, -1) if pool.buckets[f]), 0)
+                    closeness = max(closeness, min(most, a) / a)
+        solver._release(d)
+        d.spreading = True
+        return max(need, 0.0), max(missing, 0), closeness
+
+    def objective(self, short: dict | None = None, squares: int | None = None, whole: int | None = None) -> tuple:
+        short = self.short if short is None else short
+        deps = self.solver.deps
+        shortfalls, closeness = [], []
+        for level in self.levels:
+            values = [value for index, value in short.items() if deps[index].spec.priority == level]
+            shortfalls.append((round(sum(v[0] for v in values), 6), sum(v[1] for v in values)))
+            closeness.append(-round(sum(v[2] for v in values), 6))
+        prices = self.solver.price_exact
+        cost = sum((prices[h] * n for h, n in self.solver.used.items() if n), Decimal(0))
+        return (*shortfalls, cost, *closeness, -(self.whole if whole is None else whole),
+                -(self.squares if squares is None else squares))
+
+    # -- moves
+
+    def _pin(self, d: _Dep, node: int, o: int) -> None:
+        key = (d.index, node, o)
+        self.pinned[key] = self.pinned.get(key, 0) + 1
+
+    def _movable(self, d: _Dep) -> list[tuple[int, int, Replica]]:
+        """d's kept entries that may move, one per (node, option)."""
+        entries: dict[tuple[int, int], list] = {}
+        for entry in d.kept:
+            entries.setdefault(entry[:2], []).append(entry)
+        return [same[0] for (node, o), same in entries.items() if len(same) > self.pinned.get((d.index, node, o), 0)]
+
+    def _target(self, d: _Dep, source: int, pool: _Pool, o: int) -> int | None:
+        """The tightest node of `pool` that may take d's replica of option o moved from `source`, or None."""
+        solver = self.solver
+        on = d.on_node
+        zone = solver.zone_of[source]
+        if pool.zone != zone and d.zones[zone] == 1 and d.zones.get(pool.zone, 0):
+            return None  # d would lose a zone
+        alone = on[source] == 1  # then a node without d, or d would lose a node
+        cap = d.spec.max_replicas_per_node
+        a = d.accs[o]
+        sources = self.sources
+        for f in range(a, pool.top + 1):
+            for node in pool.buckets[f]:
+                if node == source or node in sources:
+                    continue
+                here = on.get(node, 0)
+                if here and (alone or here + 1 > cap):
+                    continue
+                return node
+        return None
+
+    def _shift(self, d: _Dep, entry: tuple[int, int, Replica], node: int, o: int
+               ) -> tuple[tuple[int, int, Replica], int, int]:
+        """Move `entry` of d to (node, option o); returns the new entry and the changes of the
+        squares and whole-node terms."""
+        solver = self.solver
+        source = entry[0]
+        before = [(n, solver.free[n], self._is_whole(n)) for n in (source, node)]
+        solver._unkeep(d, entry)
+        solver._take(node, d.accs[o])
+        option = d.spec.options[o]
+        new = (node, o, Replica(d.spec.id, solver.nodes[node].id, option.hardware, option.accelerators))
+        solver._keep(d, node, o, new[2])
+        squares = sum(solver.free[n] ** 2 - f ** 2 for n, f, _ in before)
+        whole = sum(solver.capacity[n] * (self._is_whole(n) - was) for n, _, was in before)
+        return new, squares, whole
+
+    def _undo(self, d: _Dep, new: tuple[int, int, Replica], entry: tuple[int, int, Replica]) -> None:
+        solver = self.solver
+        solver._unkeep(d, new)
+        solver._take(entry[0], entry[2].accelerators)
+        solver._keep(d, entry[0], entry[1], entry[2])
+
+    def _remeasured(self, d: _Dep, nodes: tuple[int, int]) -> dict:
+        """The short deployments' shortfalls with the state as it is now (those the two nodes'
+        pools concern, and d itself, measured again)."""
+        short = self.short
+        touched = {index for node in nodes for index in self.watchers.get(id(self.solver.pool_of[node]), ())}
+        if d.index in short:
+            touched.add(d.index)
+        if not touched:
+            return short
+        return {**short, **{index: self._shortfall(self.solver.deps[index]) for index in touched}}
+
+    def best_move(self) -> tuple | None:
+        """(objective after, d, entry, target node, option) of the move that lowers the objective
+        most; None when none lowers it."""
+        solver = self.solver
+        base = self.objective()
+        best = None
+        for d in solver.deps:
+            if d.spec.id in self.frozen:
+                continue
+            rps, demand = d.rps_total(), d.spec.demand_rps
+            for entry in self._movable(d):
+                source, o1, _ = entry
+                for o2 in range(len(d.accs)):
+                    # Without short deployments only a move that costs no more can gain anything.
+                    if not self.short and d.costs[o2] > d.costs[o1] + 1e-9:
+                        continue
+                    if rps - d.rps[o1] + d.rps[o2] < min(demand, rps) - EPS:
+                        continue  # d would no longer be served, or would lose rps while short
+                    for pool in d.pools[o2]:
+                        node = self._target(d, source, pool, o2)
+                        if node is None:
+                            continue
+                        new, squares, whole = self._shift(d, entry, node, o2)
+                        short = self._remeasured(d, (source, node))
+                        value = self.objective(short, self.squares + squares, self.whole + whole)
+                        self._undo(d, new, entry)
+                        if value < base and (best is None or value < best[0]):
+                            best = (value, d, entry, node, o2)
+        return best
+
+    def apply(self, found: tuple) -> Move:
+        value, d, entry, node, o = found
+        before = self.objective()
+        source = entry[0]
+        new, squares, whole = self._shift(d, entry, node, o)
+        self.squares += squares
+        self.whole += whole
+        self._pin(d, node, o)  # the new replica is not running yet: not moved again in this batch
+        self.sources.add(source)
+        previous = self.short
+        self.short = self._remeasured(d, (source, node))
+        return Move(entry[2], new[2], self._reason(before, value, previous, d, entry, new))
+
+    def _reason(self, before: tuple, after: tuple, previous: dict, d: _Dep, entry, new) -> str:
+        """Names the most important term the move lowered."""
+        solver = self.solver
+        source, node = entry[0], new[0]
+        old_replica, new_replica = entry[2], new[2]
+        term = next(i for i, (x, y) in enumerate(zip(before, after, strict=True)) if x != y)
+        levels = len(self.levels)
+        helped = sorted(solver.deps[i].spec.id for i, value in self.short.items()
+                        if value != previous.get(i) and i != d.index)
+        whom = ", ".join(helped[:3]) + (" …" if len(helped) > 3 else "")
+        if term < levels:
+            return f"defragmentation: makes room for {whom or d.spec.id} (capacity it could not use before)"
+        if term == levels:
+            saved = before[levels] - after[levels]
+            return (f"defragmentation: {old_replica.accelerators} × {old_replica.hardware} → "
+                    f"{new_replica.accelerators} × {new_replica.hardware} costs ${_money(saved)}/h less")
+        if term <= 2 * levels:
+            return f"defragmentation: frees accelerators on {solver.nodes[source].id} toward a replica of {whom}"
+        if term == 2 * levels + 1:
+            return f"defragmentation: empties node {solver.nodes[source].id} ({solver.capacity[source]} accelerators)"
+        return (f"defragmentation: packs {old_replica.hardware} tighter ({solver.nodes[source].id} → "
+                f"{solver.nodes[node].id}; {solver.nodes[source].id} now has {solver.free[source]} free)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m scheduler.placement FILE [--explain]`: the same output as `manage.py solve_placement`,
     without Django's start-up."""
@@ -1665,6 +2065,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", help="problem JSON file, or - for stdin")
     parser.add_argument("--explain", action="store_true", help="add the decisions behind every replica")
     args = parser.parse_args(argv)
+    # A one-shot command: parsing and solving allocate hundreds of thousands of small objects and
+    # no garbage worth collecting before the process ends, so the cyclic collector (a quarter
+    # of a fleet-scale run, walking them again and again) stays off.
+    gc.disable()
     try:
         plan = solve(read_problem_file(args.file))
     except ValueError as error:

@@ -22,7 +22,12 @@
    a replica of an old generation, or on a draining node, is retired only as its replacements
    become ready; a drained node becomes cordoned (`node_finish_drain`);
 8. gives each replica its share of the deployment's traffic, re-applying the spec (no restart)
-   of those whose share changed (`_share_traffic`).
+   of those whose share changed (`_share_traffic`);
+9. defragments, rate-limited (`SWITCHYARD_DEFRAG_MAX_MOVES` moves at most once every
+   `SWITCHYARD_DEFRAG_INTERVAL_SECONDS`): `placement.defragment` proposes moves of ready replicas
+   of settled deployments; each move starts the new replica now and records the old one under
+   `MOVES_KEY`, so later passes treat it like an old generation — retired only once its
+   replacement is ready (make before break, step 7's machinery).
 
 Every step derives what to do from the rows and the driver's report, so a pass that runs
 twice, or after a crash half-way, converges to the same fleet.
@@ -49,6 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler import placement, selectors
 from scheduler.autoscaling import ScalerState, Signals, decide, demand_rps
+from scheduler.estimator import lognormal_p90
 from scheduler.fleet.base import (
     LIVE_STATES,
     FleetDriver,
@@ -67,7 +73,7 @@ from scheduler.models import (
     PlacementDecision,
     Replica,
 )
-from scheduler.services import deployment_event_add, node_finish_drain
+from scheduler.services import deployment_event_add, deployment_status_changed, node_finish_drain
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ HOLDING = Replica.HOLDING_STATES
 ACTIVE_STATUSES = (Deployment.Status.PENDING, Deployment.Status.DEPLOYING, Deployment.Status.READY,
                    Deployment.Status.DEGRADED, Deployment.Status.FAILED)
 STOPPING_STATUSES = (Deployment.Status.PAUSED, Deployment.Status.DELETING)
+COLD_START_HISTORY = timedelta(days=1)  # how far back replica start-up times inform the autoscaler
 IN_FLIGHT_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 REQUEST_COUNTER = "vllm:request_success"  # the family of vllm:request_success_total{finished_reason=…}
 # A counter seen for the first time gives a rate only if its server started this recently
@@ -95,7 +102,10 @@ COUNTERS_KEY = "request_counters"  # replica public id → [time, counter, rate 
 TRAFFIC_KEY = "traffic_shares"  # replica public id → requests/s last given to the driver
 TOKENS_KEY = "traffic_tokens"  # the token figures those profiles carried
 DESIRED_KEY = "desired"  # the replica count the last pass asked for
-RECONCILE_KEYS = (COUNTERS_KEY, TRAFFIC_KEY, TOKENS_KEY, DESIRED_KEY)
+MOVES_KEY = "defrag_moves"  # old replica public id → its replacement's, while a defragmentation move runs
+RECONCILE_KEYS = (COUNTERS_KEY, TRAFFIC_KEY, TOKENS_KEY, DESIRED_KEY, MOVES_KEY)
+# The Lease row whose expiry is the earliest time of the next defragmentation step (the rate limit).
+DEFRAG_LEASE = "defragmentation"
 
 
 @dataclass
@@ -106,6 +116,7 @@ class ReconcileReport:
     synced: int = 0  # replica rows whose state the driver's report changed
     created: int = 0  # replicas placed
     retired: int = 0  # replicas asked to drain (scale-down, rollout, drain, pause, delete)
+    moved: int = 0  # defragmentation moves started (new replica placed; the old one drains once it serves)
     orphans_deleted: int = 0
     deployments_deleted: int = 0
     nodes_drained: list[str] = field(default_factory=list)
@@ -120,7 +131,7 @@ class ReconcileReport:
     def summary(self) -> dict:
         if self.skipped:
             return {"skipped": self.skipped}
-        return {"synced": self.synced, "created": self.created, "retired": self.retired,
+        return {"synced": self.synced, "created": self.created, "retired": self.retired, "moved": self.moved,
                 "orphans_deleted": self.orphans_deleted, "deployments_deleted": self.deployments_deleted,
                 "nodes_drained": self.nodes_drained, "unserved": len(self.unserved), "notes": self.notes[:10]}
 
@@ -267,6 +278,7 @@ class _Want:
     scaler_state: dict
     unserved: str = ""
     placing: int = 0  # current-generation replicas to place now: `desired`, less during a roll
+    moving: dict[str, str] = field(default_factory=dict)  # defragmentation moves under way: old → new public id
 
 
 class _Pass:
@@ -277,6 +289,21 @@ class _Pass:
         self._hardware: dict[int, str] = {}  # accelerator type id → slug
         self._node_ids: dict[str, int] = {}  # node name → pk, for the nodes the solver saw
         self._created_shares: dict[int, float] = {}  # replica pk → requests/s it is created with
+        self._problem: placement.Problem | None = None  # what the pass solved
+        self._cold_start_seconds: dict[int, float] | None = None  # deployment pk → seconds, per pass
+
+    def _cold_starts(self) -> dict[int, float]:
+        """Per deployment, the mean seconds its replicas that became ready in the last day took
+        from being placed to ready: the autoscaler's look-ahead, as this fleet really behaves.
+        One query per pass."""
+        if self._cold_start_seconds is None:
+            took: dict[int, list[float]] = defaultdict(list)
+            rows = (Replica.objects.filter(ready_at__gte=self.now - COLD_START_HISTORY)
+                    .values_list("deployment_id", "created_at", "ready_at"))
+            for deployment_id, created_at, ready_at in rows:
+                took[deployment_id].append(max(0.0, (ready_at - created_at).total_seconds()))
+            self._cold_start_seconds = {pk: sum(seconds) / len(seconds) for pk, seconds in took.items()}
+        return self._cold_start_seconds
 
     def run(self) -> ReconcileReport:
         self.driver.advance(self.now)
@@ -290,6 +317,7 @@ class _Pass:
         wants = [self._want(d) for d in deployments if d.status in ACTIVE_STATUSES]
         plan = self._solve(wants)
         self._apply(wants, plan)
+        self._defragment(wants)
         self._finish_drains()
         return self.report
 
@@ -375,6 +403,8 @@ class _Pass:
                                      data={"replicas": [str(r.public_id) for r in to_stop]})
             if deployment.status == Deployment.Status.DELETING and not replicas:
                 # The row stays, hidden, with its stopped replicas: usage and invoices refer to them.
+                deployment_status_changed(deployment=deployment, old=deployment.status, new=Deployment.Status.DELETED,
+                                          reason="Deleted: every replica has stopped.")
                 deployment.status, deployment.deleted_at = Deployment.Status.DELETED, timezone.now()
                 deployment.save(update_fields=["status", "deleted_at"])
                 deployment_event_add(deployment=deployment, kind="deleted",
@@ -398,23 +428,24 @@ class _Pass:
     def _want(self, deployment: Deployment) -> _Want:
         replicas = list(Replica.objects.filter(deployment=deployment, state__in=HOLDING)
                         .exclude(state=Replica.State.DRAINING).select_related("node").order_by("pk"))
+        scaler_state = deployment.scaler_state if isinstance(deployment.scaler_state, dict) else {}
+        moving = _moves_under_way(scaler_state.get(MOVES_KEY), {str(r.public_id) for r in replicas})
         movable, pinned, retiring = [], [], []
         for replica in replicas:
             if replica.generation != deployment.generation or replica.node.state != Node.State.READY \
-                    and replica.node.state != Node.State.CORDONED:
-                retiring.append(replica)
+                    and replica.node.state != Node.State.CORDONED or str(replica.public_id) in moving:
+                retiring.append(replica)  # a defragmentation move's old replica retires like an old generation
             elif replica.node.state == Node.State.CORDONED:
                 pinned.append(replica)
             else:
                 movable.append(replica)
         options = self._options_within_quota(deployment)
-        want = _Want(deployment, options, 0, movable, pinned, retiring, deployment.scaler_state)
+        want = _Want(deployment, options, 0, movable, pinned, retiring, deployment.scaler_state, moving=moving)
         if not options:
             want.unserved = ("no allowed tier can take a replica: its hardware tiers are inactive or the tenant's "
                              "accelerator quota on them is used up")
             return want
         primary = self._primary_option(want)
-        scaler_state = deployment.scaler_state if isinstance(deployment.scaler_state, dict) else {}
         current_new = movable + pinned
         ready_new = [r for r in current_new if r.state == Replica.State.READY]
         starting_new = [r for r in current_new if r.state in (Replica.State.PENDING, Replica.State.STARTING)]
@@ -447,7 +478,8 @@ class _Pass:
         decision = decide(deployment.policy(), signals, state, capacity_per_replica=capacity,
                           min_replicas=deployment.min_replicas, max_replicas=deployment.max_replicas,
                           now=self.now.timestamp(), budget_cap=deployment.budget_replica_cap,
-                          ttft_slo_ms=deployment.slo_ttft_p95_ms, rps_per_replica=primary["rps_per_replica"])
+                          ttft_slo_ms=deployment.slo_ttft_p95_ms, rps_per_replica=primary["rps_per_replica"],
+                          cold_start_seconds=self._cold_starts().get(deployment.pk))
         want.desired = want.placing = decision.desired_replicas
         if retiring:
             # One replacement at a time: the old ready replicas that still stand in for missing
@@ -455,7 +487,8 @@ class _Pass:
             standing_old = min(len(ready_old), max(0, want.desired - len(ready_new)))
             want.placing = min(want.desired, max(len(current_new), want.desired + ROLL_SURGE - standing_old))
         want.scaler_state = {**decision.state.to_dict(), COUNTERS_KEY: counters, DESIRED_KEY: want.desired,
-                             **{key: scaler_state[key] for key in (TRAFFIC_KEY, TOKENS_KEY) if key in scaler_state}}
+                             **{key: scaler_state[key] for key in (TRAFFIC_KEY, TOKENS_KEY) if key in scaler_state},
+                             **({MOVES_KEY: moving} if moving else {})}
         return want
 
     def _observe(self, deployment: Deployment, ready: list[Replica], counters) -> tuple[float, float, dict]:
@@ -513,11 +546,6 @@ class _Pass:
     def _solve(self, wants: list[_Want]) -> placement.Plan | None:
         nodes = list(selectors.node_free_accelerators(Node.objects.filter(state=Node.State.READY))
                      .select_related("zone__region", "accelerator").order_by("pk"))
-        # Free for the solver = not held by anything it does not itself decide about.
-        movable_held = defaultdict(int)
-        for want in wants:
-            for replica in want.movable:
-                movable_held[replica.node_id] += replica.accelerators
         prices = dict(HardwareTier.objects.filter(active=True).values("accelerator__slug")
                       .annotate(price=Min("price_per_accelerator_hour")).values_list("accelerator__slug", "price"))
         for want in wants:
@@ -526,7 +554,9 @@ class _Pass:
                                               option.price_per_accelerator_hour)
         problem_nodes = tuple(placement.Node(id=node.name, region=node.zone.region.slug, zone=node.zone.slug,
                                              hardware=node.accelerator.slug,
-                                             free_accelerators=max(0, node.free_accelerators + movable_held[node.pk]))
+                                             # Not counting what current replicas hold (DESIGN): the
+                                             # movable ones are listed in `current`, the rest stay put.
+                                             free_accelerators=max(0, node.free_accelerators))
                               for node in nodes)
         hardware = {node.hardware for node in problem_nodes} | {o.hardware for w in wants for o in w.options}
         deployments, current = [], []
@@ -556,6 +586,7 @@ class _Pass:
         problem = placement.Problem(
             hardware=tuple(placement.HardwareType(name, Decimal(prices.get(name, 0))) for name in sorted(hardware)),
             nodes=problem_nodes, deployments=tuple(deployments), current=tuple(current))
+        self._problem = problem
         return placement.solve(problem)
 
     def _hardware_of(self, replica: Replica) -> str:
@@ -604,7 +635,7 @@ class _Pass:
                         .annotate(total=Sum("accelerators")).values_list("node_id", "total").order_by())
             locked = {r.pk: r for r in Replica.objects.select_for_update()
                       .filter(deployment_id__in=deployment_pks, state__in=HOLDING).order_by("pk")}
-            current = {d.pk: d for d in Deployment.objects.select_for_update().filter(pk__in=deployment_pks)
+            current = {d.pk: d for d in Deployment.objects.select_for_update(of=("self",)).filter(pk__in=deployment_pks)
                        .select_related("model", "tenant").order_by("pk")}
             created_by: dict[int, list[Replica]] = defaultdict(list)
             for want, planned_replica in creations:
@@ -635,16 +666,18 @@ class _Pass:
         in_use = selectors.tenant_accelerators_in_use(deployment.tenant).get(option.tier, 0)
         return in_use + option.accelerators <= quota
 
-    def _create(self, deployment: Deployment, node: Node, option, decision) -> Replica:
+    def _create(self, deployment: Deployment, node: Node, option, decision, *,
+                alternatives: list[dict] | None = None) -> Replica:
         replica = Replica.objects.create(
             tenant_id=deployment.tenant_id, deployment=deployment, node=node,
             tier=HardwareTier.objects.get(slug=option.tier), accelerators=option.accelerators,
             generation=deployment.generation, state=Replica.State.PENDING, created_at=self.now)
         # The solver's explanation: the options it did not choose for this deployment, and why.
-        alternatives = [] if decision is None else [
-            {"option": {"hardware": a.option.hardware, "accelerators": a.option.accelerators,
-                        "rps_per_replica": a.option.rps_per_replica}, "why": a.reason}
-            for a in decision.rejected]
+        if alternatives is None:
+            alternatives = [] if decision is None else [
+                {"option": {"hardware": a.option.hardware, "accelerators": a.option.accelerators,
+                            "rps_per_replica": a.option.rps_per_replica}, "why": a.reason}
+                for a in decision.rejected]
         PlacementDecision.objects.create(
             tenant_id=deployment.tenant_id, replica=replica, hardware=option.hardware,
             accelerators=option.accelerators, rps_per_replica=option.rps_per_replica,
@@ -675,6 +708,14 @@ class _Pass:
         # Old replicas that are not serving yet help nobody: stop them at once.
         retire_now += [r for r in retiring[len(retire_now):] if r.state != Replica.State.READY]
         self._retire(dropped + retire_now)
+        moved = [r for r in retire_now if str(r.public_id) in want.moving]
+        retire_now = [r for r in retire_now if r not in moved]
+        if moved:
+            done = {str(r.public_id) for r in moved}
+            left = {old: new for old, new in want.moving.items() if old not in done}
+            want.scaler_state = {key: value for key, value in want.scaler_state.items() if key != MOVES_KEY}
+            if left:
+                want.scaler_state[MOVES_KEY] = left
         events = []
         if created:
             nodes = sorted({r.node.name for r in created})
@@ -686,16 +727,23 @@ class _Pass:
         if retire_now:
             events.append(("replicas.replaced", f"{len(retire_now)} old replica(s) replaced: draining.",
                            {"replicas": [str(r.public_id) for r in retire_now]}))
-        ready_all = ready_new + sum(1 for r in retiring if r not in retire_now and r.state == Replica.State.READY)
-        remaining_old = len(retiring) - len(retire_now)
+        if moved:
+            events.append(("replicas.moved", f"defragmentation: {len(moved)} replica(s) moved; the old one(s) drain "
+                                             f"now that the new one(s) serve.",
+                           {"replicas": [str(r.public_id) for r in moved],
+                            "replacements": [want.moving[str(r.public_id)] for r in moved]}))
+        retired = set(retire_now) | set(moved)
+        ready_all = ready_new + sum(1 for r in retiring if r not in retired and r.state == Replica.State.READY)
+        remaining_old = len(retiring) - len(retired)
         status, reason = self._status(want, d, len(serving), ready_new, ready_all, remaining_old)
         fields = []
         if status != d.status:
             events.append((f"status.{status}", reason or f"Now {status}.", {"status": [d.status, status]}))
+            deployment_status_changed(deployment=d, old=d.status, new=status, reason=reason or f"Now {status}.")
             d.status = status
             fields += ["status", "updated_at"]
             d.updated_at = self.now
-        kept_old = [r for r in retiring if r not in retire_now]
+        kept_old = [r for r in retiring if r not in retired]
         want.scaler_state = {**want.scaler_state, **self._share_traffic(d, serving, kept_old, created)}
         if want.scaler_state != d.scaler_state:
             d.scaler_state = want.scaler_state
@@ -747,6 +795,120 @@ class _Pass:
                 return S.DEGRADED, f"Degraded: {ready_all} of at least {d.min_replicas} replica(s) ready{why}."
             return S.READY, f"Ready: {ready_all} replica(s) serving."
         return S.DEPLOYING, f"Deploying: {ready_new} of {target} replica(s) ready."
+
+    # -- 9. defragmentation
+
+    def _defragment(self, wants: list[_Want]) -> None:
+        """Start at most SWITCHYARD_DEFRAG_MAX_MOVES defragmentation moves, at most once every
+        SWITCHYARD_DEFRAG_INTERVAL_SECONDS (either 0: never). A move places the new replica now;
+        the old one is retired by a later pass once the new one is ready (`_want`, `_settle`)."""
+        max_moves = settings.SWITCHYARD_DEFRAG_MAX_MOVES
+        interval = settings.SWITCHYARD_DEFRAG_INTERVAL_SECONDS
+        if max_moves <= 0 or interval <= 0 or self._problem is None or not self._defrag_due(interval):
+            return
+        problem, frozen, rows, node_ids = self._defrag_problem(wants)
+        moves = placement.defragment(problem, max_moves, frozen=frozen)
+        if moves:
+            self._start_moves(wants, moves, rows, node_ids)
+
+    def _defrag_due(self, interval: float) -> bool:
+        """Claim the next defragmentation step if its time has come: a conditional UPDATE of the
+        `defragmentation` lease row, whose expiry is the earliest time of the next step."""
+        try:
+            with transaction.atomic():
+                Lease.objects.get_or_create(name=DEFRAG_LEASE, defaults={"expires_at": self.now})
+        except IntegrityError:
+            pass  # created by a concurrent pass: the UPDATE below decides
+        return Lease.objects.filter(name=DEFRAG_LEASE, expires_at__lte=self.now).update(
+            holder="reconcile", expires_at=self.now + timedelta(seconds=interval)) == 1
+
+    def _defrag_problem(self, wants: list[_Want]):
+        """The fleet as this pass left it: ready nodes, and as `current` every serving replica of
+        the deployments the pass solved for. Deployments whose replicas are not all ready, that
+        roll, drain, move or are short of capacity, or were not ready after this pass, are frozen."""
+        solved = {d.id: d for d in self._problem.deployments}
+        by_id = {str(w.deployment.pk): w for w in wants if str(w.deployment.pk) in solved}
+        nodes = list(selectors.node_free_accelerators(Node.objects.filter(state=Node.State.READY))
+                     .select_related("zone__region", "accelerator").order_by("pk"))
+        ready = {node.pk: node for node in nodes}
+        rows = list(Replica.objects.filter(deployment_id__in=[int(key) for key in by_id], state__in=HOLDING,
+                                           node_id__in=ready).exclude(state=Replica.State.DRAINING)
+                    .order_by("pk"))
+        frozen = {key for key, want in by_id.items()
+                  if want.retiring or want.pinned or want.unserved
+                  or self.report.statuses.get(str(want.deployment.public_id)) != Deployment.Status.READY}
+        current = []
+        for row in rows:
+            key = str(row.deployment_id)
+            node = ready[row.node_id]
+            if row.state != Replica.State.READY or row.generation != by_id[key].deployment.generation:
+                frozen.add(key)
+            current.append(placement.Replica(key, node.name, node.accelerator.slug, row.accelerators))
+        # Free not counting what any replica holds: `current` lists the ones that may move.
+        problem_nodes = tuple(placement.Node(node.name, node.zone.region.slug, node.zone.slug, node.accelerator.slug,
+                                             max(0, node.free_accelerators)) for node in nodes)
+        problem = placement.Problem(self._problem.hardware, problem_nodes, tuple(solved[key] for key in by_id),
+                                    tuple(current))
+        return problem, frozen, rows, {node.name: node.pk for node in nodes}
+
+    def _start_moves(self, wants: list[_Want], moves, rows: list[Replica], node_ids: dict[str, int]) -> None:
+        """Place each move's new replica (re-checked under the locks, in the house order) and
+        record the pair, so the old replica drains once the new one is ready."""
+        by_pk = {want.deployment.pk: want for want in wants}
+        unused = list(rows)
+        pairs = []
+        for move in moves:
+            old = next((r for r in unused if str(r.deployment_id) == move.replica.deployment
+                        and r.node_id == node_ids[move.replica.node] and r.accelerators == move.replica.accelerators), None)
+            if old is not None:
+                unused.remove(old)
+                pairs.append((move, old))
+        node_pks = sorted({node_ids[move.to.node] for move, _ in pairs} | {old.node_id for _, old in pairs})
+        with transaction.atomic():
+            nodes = {node.pk: node for node in Node.objects.select_for_update().filter(pk__in=node_pks)
+                     .select_related("accelerator", "zone__region").order_by("pk")}
+            held = dict(Replica.objects.filter(node_id__in=node_pks, state__in=HOLDING).values("node_id")
+                        .annotate(total=Sum("accelerators")).values_list("node_id", "total").order_by())
+            locked = {r.pk: r for r in Replica.objects.select_for_update()
+                      .filter(pk__in=[old.pk for _, old in pairs]).order_by("pk")}
+            current = {d.pk: d for d in Deployment.objects.select_for_update(of=("self",))
+                       .filter(pk__in=sorted({old.deployment_id for _, old in pairs}))
+                       .select_related("model", "tenant").order_by("pk")}
+            for move, old in pairs:
+                self._start_move(move, locked.get(old.pk), current.get(old.deployment_id),
+                                 nodes[node_ids[move.to.node]], nodes[old.node_id], held, by_pk[old.deployment_id])
+
+    def _start_move(self, move, old: Replica | None, d: Deployment | None, node: Node, source: Node,
+                    held: dict[int, int], want: _Want) -> None:
+        if old is None or d is None or old.state != Replica.State.READY or d.status != Deployment.Status.READY \
+                or d.generation != old.generation:
+            return  # changed since it was read: the next step decides again
+        free = node.accelerators - held.get(node.pk, 0)
+        if node.state != Node.State.READY or free < move.to.accelerators:
+            self.report.notes.append(f"defragmentation: {node.name} has {free} accelerators free under the lock, "
+                                     f"{move.to.accelerators} needed; not moved")
+            return
+        option = next(o for o in want.options if (o.hardware, o.accelerators) == (move.to.hardware, move.to.accelerators))
+        if not self._within_quota(d, option, None):
+            self.report.notes.append(f"defragmentation: deployment {d.public_id}: tenant quota on {option.tier} reached")
+            return
+        was = next((o for o in want.options if (o.hardware, o.accelerators) == (move.replica.hardware,
+                                                                                move.replica.accelerators)), None)
+        held[node.pk] = held.get(node.pk, 0) + move.to.accelerators
+        why = f"{move.reason} (it ran on {source.name})"
+        new = self._create(d, node, option, None, alternatives=[{"option": {
+            "hardware": move.replica.hardware, "accelerators": move.replica.accelerators,
+            "rps_per_replica": was.rps_per_replica if was is not None else 0.0}, "why": why}])
+        state = d.scaler_state if isinstance(d.scaler_state, dict) else {}
+        moving = state.get(MOVES_KEY) if isinstance(state.get(MOVES_KEY), dict) else {}
+        d.scaler_state = {**state, MOVES_KEY: {**moving, str(old.public_id): str(new.public_id)}}
+        d.save(update_fields=["scaler_state"])
+        deployment_event_add(deployment=d, kind="replicas.moving",
+                             message=f"{move.reason}. Replica {old.public_id} moves from {source.name} to {node.name}: "
+                                     f"the old one drains once the new one serves.",
+                             data={"replica": str(old.public_id), "replacement": str(new.public_id),
+                                   "from": source.name, "to": node.name})
+        self.report.moved += 1
 
     # -- 7. drains
 
@@ -810,12 +972,22 @@ class _Pass:
             self.report.notes.append(f"delete {replica_id}: {error}")
 
 
+def _moves_under_way(recorded, live: set[str]) -> dict[str, str]:
+    """The defragmentation moves recorded in a deployment's state whose old and new replicas both
+    still serve or start: a move whose new replica failed is dropped (the old one stays), one whose
+    old replica is gone is done."""
+    if not isinstance(recorded, dict):
+        return {}
+    return {old: new for old, new in recorded.items() if old in live and new in live}
+
+
 def _share(requests_per_s: float, replicas: int) -> float:
     """One replica's part of a deployment's traffic (the simulator's limit caps it)."""
     return min(requests_per_s / max(1, replicas), 100_000.0)
 
 
 def _traffic_tokens(deployment: Deployment) -> tuple[int, int, int, int]:
-    """The token lengths of the simulated traffic: median and p90 (the deployment's p95 stands in)."""
-    return (deployment.input_tokens, max(deployment.input_tokens, deployment.input_tokens_p95),
-            deployment.output_tokens, max(deployment.output_tokens, deployment.output_tokens_p95))
+    """The token lengths of the simulated traffic: median and p90 of the log-normal the
+    deployment's median and p95 describe (the simulator fits its sizes to median and p90)."""
+    return (deployment.input_tokens, lognormal_p90(deployment.input_tokens, deployment.input_tokens_p95),
+            deployment.output_tokens, lognormal_p90(deployment.output_tokens, deployment.output_tokens_p95))

@@ -43,6 +43,7 @@ from tenants.context import Actor, Operator, system_operator
 from tenants.errors import Conflict, Forbidden, ServiceError
 from tenants.models import Tenant
 from tenants.services import audit_record
+from tenants.webhooks import webhook_emit
 
 # --- catalog ------------------------------------------------------------------------------
 
@@ -481,6 +482,15 @@ def _write_state(deployment: Deployment, state: DesiredState, checked: Checked) 
     deployment.updated_at = timezone.now()
 
 
+def deployment_status_changed(*, deployment: Deployment, old: str, new: str, reason: str = "") -> None:
+    """Tell the tenant's webhooks (`deployment.status_changed`). Call it wherever a deployment's
+    status is written, in that transaction: the event is sent only if the change commits."""
+    if old != new:
+        webhook_emit(tenant=deployment.tenant, event_type="deployment.status_changed",
+                     data={"deployment": str(deployment.public_id), "name": deployment.name, "from": old, "to": new,
+                           "reason": reason})
+
+
 def deployment_event_add(*, deployment: Deployment, kind: str, message: str, data: dict | None = None
                          ) -> DeploymentEvent:
     """Add to the deployment's timeline (the tenant reads it). For services and the reconcile loop."""
@@ -536,7 +546,9 @@ DEPLOYMENT_EDITABLE = ("model", "tiers", "regions", "min_replicas", "max_replica
 
 
 def _locked(actor: Actor, deployment: Deployment) -> Deployment:
-    return Deployment.objects.select_for_update().select_related("model").get(pk=deployment.pk, tenant=actor.tenant)
+    # of=self: `model` is nullable (soft delete), so its join is an outer one, which PostgreSQL cannot lock.
+    return (Deployment.objects.select_for_update(of=("self",)).select_related("model")
+            .get(pk=deployment.pk, tenant=actor.tenant))
 
 
 def _rollout_reason(before: DesiredState, after: DesiredState, old_options: list[dict],
@@ -589,8 +601,10 @@ def deployment_update(*, actor: Actor, deployment: Deployment, **changes) -> Dep
     reason = _rollout_reason(current, state, deployment.replica_options, checked.options)
     _write_state(deployment, state, checked)
     deployment.generation += bool(reason)
-    deployment.status = _status_after_update(deployment.status, bool(reason))
+    old_status, deployment.status = deployment.status, _status_after_update(deployment.status, bool(reason))
     deployment.save()
+    deployment_status_changed(deployment=deployment, old=old_status, new=deployment.status,
+                              reason=f"Changed: {reason or ', '.join(diff)}.")
     deployment.tiers.set(checked.tiers)
     deployment.regions.set(checked.regions)
     audit_record(actor=actor, action="deployment.update", obj=deployment, changes=diff)
@@ -608,6 +622,7 @@ def _set_status(actor: Actor, deployment: Deployment, status: str, *, action: st
     deployment.status = status
     deployment.updated_at = timezone.now()
     deployment.save(update_fields=["status", "updated_at"])
+    deployment_status_changed(deployment=deployment, old=old, new=status, reason=message)
     audit_record(actor=actor, action=action, obj=deployment, changes={"status": [old, status]})
     deployment_event_add(deployment=deployment, kind=kind, message=message, data={"status": [old, status]})
     return deployment
@@ -635,6 +650,28 @@ def deployment_resume(*, actor: Actor, deployment: Deployment) -> Deployment:
         return deployment
     return _set_status(actor, deployment, Deployment.Status.PENDING, action="deployment.resume", kind="resumed",
                        message="Resumed: replicas will be placed again.")
+
+
+@transaction.atomic
+def deployment_budget_cap_set(*, actor: Actor, deployment: Deployment, cap: int | None,
+                              reason: str = "") -> Deployment:
+    """Cap the replicas the autoscaler may ask for (None: no cap). For billing's budget actions:
+    the reconcile loop honours the cap from its next pass. Setting the same cap changes nothing."""
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+        raise ServiceError("A replica cap is a whole number ≥ 0, or none.", field="cap")
+    deployment = Deployment.all_objects.select_for_update().get(pk=deployment.pk, tenant=actor.tenant)
+    old = deployment.budget_replica_cap
+    if old == cap:
+        return deployment
+    deployment.budget_replica_cap, deployment.updated_at = cap, timezone.now()
+    deployment.save(update_fields=["budget_replica_cap", "updated_at"])
+    audit_record(actor=actor, action="deployment.budget_cap_set", obj=deployment,
+                 changes={"budget_replica_cap": [old, cap]})
+    done = f"Replicas capped at {cap}" if cap is not None else "Replica cap lifted"
+    deployment_event_add(deployment=deployment, kind="budget_cap",
+                         message=f"{done} by {actor.label}{': ' + reason if reason else '.'}",
+                         data={"budget_replica_cap": [old, cap]})
+    return deployment
 
 
 @transaction.atomic
@@ -733,6 +770,8 @@ def _fail_replicas_on(node: Node) -> None:
         if deployment.status == Deployment.Status.READY:
             deployment.status, deployment.updated_at = Deployment.Status.DEGRADED, now
             deployment.save(update_fields=["status", "updated_at"])
+            deployment_status_changed(deployment=deployment, old=Deployment.Status.READY, new=deployment.status,
+                                      reason=f"Node {node.name} went down with {len(ids)} of its replicas.")
 
 
 @transaction.atomic

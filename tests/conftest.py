@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
 from tests.factories import PASSWORD, MembershipFactory, TenantFactory, UserFactory, make_api_key
@@ -17,6 +18,11 @@ from tenants.models import ApiKey, Tenant, User
 from tenants.roles import Role
 
 pytest_plugins = ["tests.browser"]
+
+# Property tests judge results, not speed: on a loaded 2-core CI machine Hypothesis's default
+# 200 ms deadline fails correct examples at random.
+hypothesis_settings.register_profile("switchyard", deadline=None)
+hypothesis_settings.load_profile("switchyard")
 
 SERVICE_MARKERS = ("postgres", "redis")
 

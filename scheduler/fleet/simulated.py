@@ -66,6 +66,7 @@ from scheduler.fleet.base import (
 )
 from scheduler.perf import (
     GB,
+    MAX_NUM_SEQS,
     Workload,
     _under_load,
     decode_step_seconds,
@@ -76,7 +77,6 @@ from scheduler.perf import (
 
 STATE_VERSION = 1
 Z90 = 1.2815515655446004  # standard normal quantile of 0.9
-MAX_NUM_SEQS = 256  # vLLM's default cap on concurrently running requests
 EXACT_ARRIVALS_LIMIT = 32  # expected arrivals per tick above which the count is drawn at once
 ARRIVALS_CAP = 100_000  # per replica per tick: a guard against a pathological burst draw
 STOPPED_RETENTION_SECONDS = 3600.0  # a stopped replica is still listed this long, then forgotten
@@ -213,6 +213,10 @@ class _Engine:
 
     @property
     def max_throughput(self) -> float:
+        """Requests/s of the mean request at saturation (max_running in flight): what the
+        engine gets through when overloaded, latency aside. Above the estimator's
+        `rps_per_replica`, which is the rate at the largest concurrency still within the SLO;
+        the two agree when memory or MAX_NUM_SEQS, not latency, bounds the concurrency."""
         return self.curve[-1][0]
 
     def concurrency_for(self, rate: float) -> int:

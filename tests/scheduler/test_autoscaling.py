@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 
 import pytest
 from hypothesis import assume, given, settings
@@ -304,6 +305,151 @@ def test_arrivals_keep_a_policy_target_below_capacity_as_headroom():
     assert scaler.hold(120, in_flight=0, rate=12.0).desired_replicas == 12
 
 
+# --- headroom and surges -----------------------------------------------------------------------
+# rps_per_replica 2 with capacity 10: a request takes 5 s at capacity, so each 2 req/s planned
+# for is one replica. Without a surge memory or headroom unless a test is about them.
+
+PLAIN = Policy(scale_down_delay=0.0, max_scale_down_rate=1.0, headroom_sigmas=0.0, surge_memory=0.0)
+
+
+def _arrivals_scaler(policy, **options):
+    return Scaler(policy, replicas=1, rps_per_replica=2.0, **options)
+
+
+def _alternating(scaler, seconds, mean, spread):
+    """Arrivals alternating mean ± spread, beat by beat, for `seconds`; the last decision."""
+    for index in range(round(seconds / BEAT)):
+        decision = scaler.beat(rate=mean + (spread if index % 2 else -spread))
+    return decision
+
+
+def test_headroom_is_sigmas_times_the_beat_to_beat_spread_scaled_to_the_cold_start():
+    # ±2 req/s from beat to beat (a sample spread of 2.07 over 30 beats); the cold start is 4
+    # beats, so the mean over it varies 2.07 × √(2/8) = 1.04 req/s: two sigmas plan for
+    # 11 + 2.07 req/s, 7 replicas (6 without).
+    policy = Policy(scale_down_delay=0.0, max_scale_down_rate=1.0, headroom_sigmas=2.0, surge_memory=0.0)
+    decision = _alternating(_arrivals_scaler(policy, cold_start_seconds=8.0), 120, 11.0, 2.0)
+    assert decision.desired_replicas == 7
+    assert "((11.0 + 2 × σ 1.0) req/s × 5.00 s)" in decision.reason
+    assert _alternating(_arrivals_scaler(PLAIN, cold_start_seconds=8.0), 120, 11.0, 2.0).desired_replicas == 6
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0, 10), st.floats(0, 10), st.sampled_from([None, 4.0, 40.0]))
+def test_headroom_grows_with_observed_variance(spread, more, cold_start):
+    policy = Policy(scale_down_delay=0.0, surge_memory=0.0)
+    calm = _alternating(_arrivals_scaler(policy, cold_start_seconds=cold_start), 60, 12.0, spread)
+    noisy = _alternating(_arrivals_scaler(policy, cold_start_seconds=cold_start), 60, 12.0, spread + more)
+    assert noisy.desired_replicas >= calm.desired_replicas
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1, 200), st.floats(-1, 1), st.sampled_from([None, 10.0, 40.0]))
+def test_steady_or_ramping_arrivals_get_no_headroom(rate, trend, cold_start):
+    """A constant rate, or a ramp too slow to be a surge (at most a tenth of the rate per
+    minute), is planned for as it is: the same counts as without headroom and surges."""
+    slope = trend * rate / 600  # req/s per second: ≤ 10 % per minute, ≤ 50 % over 5 minutes
+    defaults = _arrivals_scaler(Policy(scale_down_delay=0.0, max_scale_down_rate=1.0), cold_start_seconds=cold_start)
+    plain = _arrivals_scaler(PLAIN, cold_start_seconds=cold_start)
+    for step in range(150):
+        now_rate = rate + slope * step * BEAT
+        assert defaults.beat(rate=now_rate).desired_replicas == plain.beat(rate=now_rate).desired_replicas
+    assert not defaults.decision.state.surges
+
+
+def test_poisson_arrivals_get_little_headroom():
+    """50 req/s of Poisson arrivals on replicas serving 15 req/s (the benchmark's shape): the
+    mean over a 38 s cold start varies by √(50/38) = 1.15 req/s, so two sigmas are 2.3 req/s
+    — at most one replica more than without headroom, and no surge."""
+    rng = random.Random(7)
+    policy = Policy(scale_down_delay=0.0, max_scale_down_rate=1.0)
+    defaults = Scaler(policy, replicas=4, rps_per_replica=15.0, cold_start_seconds=38.0)
+    plain = Scaler(PLAIN, replicas=4, rps_per_replica=15.0, cold_start_seconds=38.0)
+    extra = []
+    for _ in range(300):  # 10 minutes, counted per 2 s beat
+        count, clock = 0, rng.expovariate(50.0)
+        while clock < BEAT:
+            count, clock = count + 1, clock + rng.expovariate(50.0)
+        extra.append(defaults.beat(rate=count / BEAT).desired_replicas - plain.beat(rate=count / BEAT).desired_replicas)
+    assert max(extra) <= 1 and sum(extra) / len(extra) < 0.5
+    assert not defaults.decision.state.surges
+
+
+def test_headroom_needs_the_replica_rate():
+    policy = Policy(scale_down_delay=0.0, surge_memory=0.0)
+    scaler = Scaler(policy, replicas=1)
+    decision = _alternating(scaler, 60, 12.0, 10.0)
+    assert decision.desired_replicas == 1 and "σ" not in decision.reason
+
+
+def _surge(policy, *, after=0.0):
+    """Base 4 req/s (±0.2) for 2 min, 20 req/s for 30 s, back to 4; the decision `after`
+    seconds past the end of the step."""
+    scaler = _arrivals_scaler(policy, cold_start_seconds=10.0, max_replicas=40)
+    _alternating(scaler, 120, 4.0, 0.2)
+    _alternating(scaler, 30, 20.0, 0.2)
+    return _alternating(scaler, after, 4.0, 0.2) if after else scaler.decision
+
+
+def test_a_surge_keeps_its_level_provisioned_for_the_surge_memory():
+    policy = Policy(scale_down_delay=0.0, max_scale_down_rate=1.0, headroom_sigmas=0.0, surge_memory=300.0)
+    during = _surge(policy)
+    assert during.state.surges and during.desired_replicas >= 9
+    level = during.state.surges[0][1]
+    assert 15 < level <= 20.2  # the level reached, less the noise allowance
+    later = _surge(policy, after=200)
+    assert later.desired_replicas == math.ceil(level / 2 - 1e-9)
+    assert "a surge's level" in later.reason
+    expired = _surge(policy, after=400)
+    assert expired.desired_replicas == 2 and not expired.state.surges
+
+
+def test_without_a_surge_memory_a_surge_is_followed_down():
+    assert _surge(PLAIN, after=120).desired_replicas == 2
+
+
+def test_a_rise_below_the_surge_threshold_is_no_surge():
+    policy = Policy(scale_down_delay=0.0, max_scale_down_rate=1.0, headroom_sigmas=0.0, surge_memory=300.0,
+                    surge_threshold=5.0)
+    assert not _surge(policy).state.surges  # 4 → 20 req/s is a rise of 4 × the rate, not 5 ×
+    assert _surge(policy, after=120).desired_replicas == 2
+
+
+def test_surges_are_never_told_before_the_noise_is_known():
+    scaler = _arrivals_scaler(Policy(surge_memory=300.0), cold_start_seconds=2.0)
+    scaler.beat(rate=1.0)
+    scaler.beat(rate=100.0)  # a rise from one beat to the next, with no spread measured yet
+    assert not scaler.decision.state.surges
+
+
+def test_headroom_and_surges_never_exceed_max_replicas():
+    policy = Policy(surge_memory=300.0, headroom_sigmas=10.0)
+    scaler = _arrivals_scaler(policy, cold_start_seconds=10.0, max_replicas=5)
+    _alternating(scaler, 60, 4.0, 3.0)
+    decision = _alternating(scaler, 60, 200.0, 100.0)
+    assert decision.desired_replicas == 5 and "lowered to max_replicas 5" in decision.reason
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("headroom_sigmas", -1, "between 0 and 10"),
+    ("headroom_sigmas", "2", "must be a number"),
+    ("surge_memory", 8 * 86_400, "between 0 and 604800"),
+    ("surge_threshold", 0, "between 0.05 and 100"),
+    ("surge_threshold", None, "must be a number"),
+])
+def test_new_policy_fields_are_validated(field, value, words):
+    with pytest.raises(PolicyError, match=words) as error:
+        policy_from_dict({field: value})
+    assert error.value.field == field
+
+
+def test_new_policy_fields_have_defaults_and_can_be_turned_off():
+    policy = Policy()
+    assert (policy.headroom_sigmas, policy.surge_memory, policy.surge_threshold) == (2.0, 1800.0, 0.5)
+    off = policy_from_dict({"headroom_sigmas": 0, "surge_memory": 0})
+    assert off.headroom_sigmas == 0.0 and off.surge_memory == 0.0
+
+
 # --- state, arguments, demand_rps -------------------------------------------------------------
 
 
@@ -316,12 +462,21 @@ def test_state_round_trips_through_a_dict_and_json():
     data = json.loads(json.dumps(state.to_dict()))
     assert ScalerState.from_dict(data) == state
     assert ScalerState.from_dict(None) == ScalerState() == ScalerState.from_dict({})
+    surged = _surge(Policy(surge_memory=300.0)).state
+    assert surged.surges and ScalerState.from_dict(json.loads(json.dumps(surged.to_dict()))) == surged
+
+
+def test_a_state_from_before_surges_reads_as_none_remembered():
+    data = ScalerState(samples=((1.0, 2.0, 3.0),)).to_dict()
+    del data["surges"]
+    assert ScalerState.from_dict(data).surges == ()
 
 
 @pytest.mark.parametrize("data, words", [
     ({"bogus": 1}, "bogus"),
     ({"samples": [[1.0, "x", 0.0]]}, "malformed"),
     ({"samples": [[1.0]]}, "malformed"),
+    ({"surges": [[1.0, "high"]]}, "malformed"),
     ({"direction": "sideways"}, "direction"),
     ([1, 2], "object"),
 ])
@@ -336,6 +491,8 @@ def test_malformed_state_is_refused_with_a_reason(data, words):
     ({"capacity_per_replica": 0.0}, "positive"),
     ({"budget_cap": -1}, "budget_cap"),
     ({"rps_per_replica": 0.0}, "rps_per_replica"),
+    ({"cold_start_seconds": 0.0}, "cold_start_seconds"),
+    ({"cold_start_seconds": math.inf}, "cold_start_seconds"),
 ])
 def test_bad_arguments_raise(kwargs, words):
     arguments = {"capacity_per_replica": TARGET, "min_replicas": 1, "max_replicas": 5, "now": 0.0, **kwargs}
@@ -376,6 +533,9 @@ policies = st.builds(
     panic_threshold=st.floats(1.1, 5.0),
     max_scale_down_rate=st.floats(0.01, 1.0),
     scale_to_zero_after=st.one_of(st.none(), st.sampled_from([30.0, 120.0])),
+    headroom_sigmas=st.sampled_from([0.0, 2.0, 5.0]),
+    surge_memory=st.sampled_from([0.0, 60.0, 1800.0]),
+    surge_threshold=st.floats(0.05, 3.0),
 )
 loads = st.tuples(st.floats(0, 2000), st.floats(0, 300), st.floats(0, 100))  # in flight, queue, rate
 histories = st.lists(st.tuples(st.sampled_from([1.0, 2.0, 15.0]), loads, st.integers(0, 40), st.integers(0, 5),
@@ -395,6 +555,7 @@ def situations(draw):
         "budget_cap": draw(st.one_of(st.none(), st.integers(0, 60))),
         "ttft_slo_ms": draw(st.one_of(st.none(), st.just(2000.0))),
         "rps_per_replica": draw(st.one_of(st.none(), st.floats(0.5, 50))),
+        "cold_start_seconds": draw(st.one_of(st.none(), st.sampled_from([5.0, 40.0]))),
     }
     state, now = ScalerState(), 0.0
     for step, (in_flight, queue, rate), ready, starting, ttft in draw(histories):
@@ -481,3 +642,14 @@ def test_scale_down_per_decision_respects_the_rate(situation, load, ready, start
 def test_any_reachable_state_round_trips_through_json(situation):
     _, _, state, _ = situation
     assert ScalerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(situations())
+def test_remembered_surges_are_a_sliding_window_maximum(situation):
+    """Times rise and levels fall along `surges`, all within the memory: the first is the
+    highest level still remembered."""
+    policy, _, state, now = situation
+    surges = state.surges
+    assert all(earlier[0] < later[0] and earlier[1] > later[1] for earlier, later in zip(surges, surges[1:]))
+    assert all(level > 0 and now - policy.surge_memory < t <= now for t, level in surges)

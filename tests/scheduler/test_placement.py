@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 
 from scheduler.placement import (
     add_deployment,
+    apply_moves,
     best_mix,
+    defragment,
+    defragmentation_objective,
     load_problem,
     parse_problem,
     plan_to_dict,
@@ -507,3 +510,205 @@ def test_best_mix_is_the_exact_optimum(options, need, low, high):
         assert found is None
     else:
         assert found is not None and math.isclose(found[0], best, abs_tol=1e-9)
+
+
+# --- Zone spreading -------------------------------------------------------------------------------
+
+
+def _zoned(ident, zone, hardware="h100", free=8, region="eu"):
+    return _node(ident, hardware, free, region, zone=f"{region}-{zone}")
+
+
+def test_replicas_of_a_deployment_spread_over_zones_at_equal_cost():
+    raw = _problem([_zoned(f"{zone}{i}", zone) for zone in "abc" for i in range(2)],
+                   [_deployment("d", 3.0, [("h100", 1, 1.0)])])
+    plan = solve(parse_problem(raw))
+    zones = {node["id"]: node["zone"] for node in raw["nodes"]}
+    assert sorted(zones[r.node] for r in plan.replicas) == ["eu-a", "eu-b", "eu-c"]
+    assert plan.cost_per_hour == Decimal("13.50")  # what best fit on one node would cost
+    assert plan.decisions[0].zones == ("eu-a", "eu-b", "eu-c")
+    assert plan_to_dict(plan, explain=True)["decisions"][0]["zones"] == ["eu-a", "eu-b", "eu-c"]
+
+
+def test_more_replicas_than_zones_are_spread_evenly():
+    raw = _problem([_zoned(f"{zone}0", zone) for zone in "ab"] + [_zoned("c0", "c", free=1)],
+                   [_deployment("d", 7.0, [("h100", 1, 1.0)])])
+    zones = {node["id"]: node["zone"] for node in raw["nodes"]}
+    counts = {}
+    for replica in solve(parse_problem(raw)).replicas:
+        counts[zones[replica.node]] = counts.get(zones[replica.node], 0) + 1
+    assert counts == {"eu-a": 3, "eu-b": 3, "eu-c": 1}
+
+
+def test_with_capacity_in_one_zone_only_the_deployment_is_still_served_there():
+    raw = _problem([_zoned("a0", "a"), _zoned("b0", "b", free=0), _zoned("c0", "c", free=0)],
+                   [_deployment("d", 3.0, [("h100", 1, 1.0)])])
+    plan = solve(parse_problem(raw))
+    assert plan.unserved == () and [r.node for r in plan.replicas] == ["a0"] * 3
+    assert plan.decisions[0].zones == ("eu-a",)
+
+
+def test_spreading_never_trades_a_cheaper_option_for_another_zone():
+    # l40s is cheaper per rps and has room in zone a only; h100 has room in b and c.
+    raw = _problem([_zoned("a0", "a", "l40s"), _zoned("b0", "b"), _zoned("c0", "c")],
+                   [_deployment("d", 3.0, [("h100", 1, 1.0), ("l40s", 1, 1.0)])])
+    plan = solve(parse_problem(raw))
+    assert [r.node for r in plan.replicas] == ["a0"] * 3 and plan.cost_per_hour == Decimal("5.40")
+
+
+def test_within_a_zone_an_equally_tight_node_without_the_deployment_is_preferred():
+    # a0 and a1 both have 7 free; d already runs on a0 (listed first), so its second replica goes to a1.
+    raw = _problem([_zoned("a0", "a", free=7), _zoned("a1", "a", free=7)],
+                   [_deployment("d", 2.0, [("h100", 1, 1.0)]), _deployment("other", 1.0, [("h100", 1, 1.0)])],
+                   current=[_replica("d", "a0", "h100"), _replica("other", "a1", "h100")])
+    assert sorted(r.node for r in solve(parse_problem(raw)).replicas if r.deployment == "d") == ["a0", "a1"]
+
+
+# --- Defragmentation ------------------------------------------------------------------------------
+
+
+def _fragmented():
+    """Four 8-accelerator nodes, each holding two replicas of its own small deployment; a TP-8
+    deployment waits (no node has 8 free)."""
+    small = [_deployment(f"d{i}", 2.0, [("h100", 1, 1.0)]) for i in range(4)]
+    big = _deployment("big", 1.0, [("h100", 8, 1.0)], maximum=1)
+    current = [_replica(f"d{i}", f"n{i}", "h100") for i in range(4) for _ in range(2)]
+    return _problem([_node(f"n{i}", "h100", free=6) for i in range(4)], [*small, big], current)
+
+
+def _defragment_fully(problem, limit=60):
+    moves = []
+    for _ in range(limit):
+        step = defragment(problem, 1)
+        if not step:
+            return problem, moves
+        moves += step
+        problem = apply_moves(problem, step)
+    raise AssertionError("defragmentation did not settle")
+
+
+def test_defragmentation_makes_room_for_a_replica_that_fitted_nowhere():
+    problem = parse_problem(_fragmented())
+    assert [u.deployment for u in solve(problem).unserved] == ["big"]
+    settled, moves = _defragment_fully(problem)
+    assert all(move.reason.startswith("defragmentation: ") for move in moves)
+    assert any("makes room for big" in move.reason for move in moves)
+    assert solve(settled).unserved == ()
+    assert defragment(settled, 5) == ()  # nothing left to gain: no move
+
+
+def test_defragmentation_respects_max_moves_and_frozen_deployments():
+    problem = parse_problem(_fragmented())
+    assert len(defragment(problem, 2)) == 2
+    assert defragment(problem, 0) == ()
+    moves = defragment(problem, 10, frozen={"d0", "d1"})
+    assert moves and all(move.replica.deployment not in {"d0", "d1"} for move in moves)
+
+
+def test_defragmentation_moves_a_replica_to_a_cheaper_option_with_room_now():
+    raw = _problem([_node("h", "h100"), _node("l", "l40s")],
+                   [_deployment("d", 1.0, [("h100", 1, 1.0), ("l40s", 1, 1.0)])],
+                   current=[_replica("d", "h", "h100")])
+    [move] = defragment(parse_problem(raw), 3)
+    assert (move.to.node, move.to.hardware) == ("l", "l40s")
+    assert move.reason == "defragmentation: 1 × h100 → 1 × l40s costs $2.70/h less"
+
+
+def test_defragmentation_never_takes_a_deployment_out_of_a_zone():
+    # d runs once in zone a and once in zone b: packing both onto b0 would free a0, but d would
+    # then live in one zone.
+    raw = _problem([_zoned("a0", "a", free=7), _zoned("b0", "b", free=6)],
+                   [_deployment("d", 2.0, [("h100", 1, 1.0)]), _deployment("e", 1.0, [("h100", 1, 1.0)])],
+                   current=[_replica("d", "a0", "h100"), _replica("d", "b0", "h100"), _replica("e", "b0", "h100")])
+    assert all(move.replica.deployment != "d" or move.to.node != "b0" for move in defragment(parse_problem(raw), 5))
+
+
+@st.composite
+def zoned_problems(draw):
+    raw = draw(problems())
+    for node in raw["nodes"]:
+        node["zone"] = f"{node['region']}-{draw(st.sampled_from('ab'))}"
+    return raw
+
+
+def _spread(problem):
+    """deployment → (zones, nodes) its current replicas occupy."""
+    zone = {n.id: (n.region, n.zone) for n in problem.nodes}
+    out = {}
+    for replica in problem.current:
+        zones, nodes = out.setdefault(replica.deployment, (set(), set()))
+        zones.add(zone[replica.node])
+        nodes.add(replica.node)
+    return {d: (len(z), len(n)) for d, (z, n) in out.items()}
+
+
+def _served(problem):
+    options = {d.id: {(o.hardware, o.accelerators): o.rps_per_replica for o in d.options} for d in problem.deployments}
+    rps = {d.id: 0.0 for d in problem.deployments}
+    for replica in problem.current:
+        rps[replica.deployment] += options[replica.deployment].get((replica.hardware, replica.accelerators), 0.0)
+    return rps
+
+
+@PROPERTY_SETTINGS
+@given(zoned_problems(), st.integers(0, 4))
+def test_defragmentation_moves_keep_every_constraint(raw, max_moves):
+    problem = parse_problem(raw)
+    moves = defragment(problem, max_moves)
+    assert len(moves) <= max_moves
+    nodes = {n.id: n for n in problem.nodes}
+    specs = {d.id: d for d in problem.deployments}
+    # Make before break: every new replica fits beside every old one.
+    free = {n.id: n.free_accelerators for n in problem.nodes}
+    for move in moves:
+        free[move.to.node] -= move.to.accelerators
+        spec, node = specs[move.to.deployment], nodes[move.to.node]
+        assert move.to.deployment == move.replica.deployment
+        assert node.state == "ready" and node.hardware == move.to.hardware and node.region in spec.regions
+        assert (move.to.hardware, move.to.accelerators) in {(o.hardware, o.accelerators) for o in spec.options}
+    assert min(free.values(), default=0) >= 0
+    running = list(problem.current)
+    for move in moves:
+        running.remove(move.replica)  # only replicas that ran before the batch move, each once
+    after = apply_moves(problem, moves)
+    per_node = {}
+    for replica in after.current:
+        per_node[(replica.deployment, replica.node)] = per_node.get((replica.deployment, replica.node), 0) + 1
+    for move in moves:
+        assert per_node[(move.to.deployment, move.to.node)] <= specs[move.to.deployment].max_replicas_per_node
+    before_rps, after_rps = _served(problem), _served(after)
+    for d in problem.deployments:
+        assert after_rps[d.id] >= min(before_rps[d.id], d.demand_rps) - 1e-9  # served stays served
+    spread_before, spread_after = _spread(problem), _spread(after)
+    for ident, (zones, hosts) in spread_before.items():
+        assert spread_after[ident][0] >= zones and spread_after[ident][1] >= hosts
+
+
+@PROPERTY_SETTINGS
+@given(zoned_problems())
+def test_every_defragmentation_move_strictly_lowers_the_objective_until_none_is_left(raw):
+    problem = parse_problem(raw)
+    objective = defragmentation_objective(problem)
+    for _ in range(60):
+        moves = defragment(problem, 1)
+        if not moves:
+            break
+        problem = apply_moves(problem, moves)
+        lower = defragmentation_objective(problem)
+        assert lower < objective, moves
+        objective = lower
+    else:
+        raise AssertionError("defragmentation did not settle")
+    assert defragment(problem, 3) == ()  # idempotent once there is nothing to gain
+
+
+@PROPERTY_SETTINGS
+@given(zoned_problems(), st.integers(1, 4))
+def test_a_batch_of_moves_lowers_the_objective_at_each_step(raw, max_moves):
+    problem = parse_problem(raw)
+    moves = defragment(problem, max_moves)
+    objective = defragmentation_objective(problem)
+    for index in range(len(moves)):
+        lower = defragmentation_objective(apply_moves(problem, moves[:index + 1]))
+        assert lower < objective
+        objective = lower

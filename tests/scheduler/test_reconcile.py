@@ -353,8 +353,10 @@ def test_a_new_replica_count_reshares_the_traffic_without_a_restart(tenant_a, fl
 
 def test_rising_traffic_scales_up_and_falling_traffic_scales_back_down(tenant_a, fleet, clock,
                                                                        django_capture_on_commit_callbacks):
+    # No surge memory: this test is about the scale-down delay, not about holding a surge's level.
     deployment = make_deployment(tenant_a, tiers=["h100-80gb-on-demand"], regions=["test-1"],
-                                 traffic=_traffic(2), min_replicas=1, max_replicas=4)
+                                 traffic=_traffic(2), min_replicas=1, max_replicas=4,
+                                 autoscaling={"surge_memory": 0})
     clock.until(django_capture_on_commit_callbacks, lambda: _refresh(deployment).status == "ready")
     for _ in range(4):
         clock.run(django_capture_on_commit_callbacks)
@@ -415,6 +417,94 @@ def test_a_new_generation_rolls_one_replica_at_a_time_new_before_old(tenant_a, f
     assert set(Replica.objects.filter(pk__in=old).values_list("state", flat=True)) == {"stopped"}
     assert _refresh(deployment).status == "ready" and _holding(deployment).count() == 3
     assert DeploymentEvent.objects.filter(deployment=deployment, kind="replicas.replaced").count() == 3
+
+
+# --- defragmentation ------------------------------------------------------------------------
+
+
+def _one_replica_per_node(tenant, fleet, clock, capture) -> list[Deployment]:
+    """Three single-replica deployments, one on each node: while one is placed, the other nodes
+    are cordoned (the solver alone would pack them onto one node)."""
+    operator = system_operator()
+    deployments = []
+    for node in fleet:
+        for other in Node.objects.filter(pk__in=[n.pk for n in fleet]):
+            if other.pk != node.pk and other.state == "ready":
+                services.node_cordon(operator=operator, node=other)
+            elif other.pk == node.pk and other.state == "cordoned":
+                services.node_uncordon(operator=operator, node=other)
+        deployment = make_deployment(tenant, tiers=["h100-80gb-on-demand"], regions=["test-1"])
+        clock.until(capture, lambda deployment=deployment: _refresh(deployment).status == "ready")
+        deployments.append(deployment)
+    for node in Node.objects.filter(state="cordoned"):
+        services.node_uncordon(operator=operator, node=node)
+    return deployments
+
+
+def _nodes_in_use() -> set[int]:
+    return set(_holding().values_list("node_id", flat=True))
+
+
+def test_a_fragmented_fleet_is_consolidated_over_passes_within_the_rate_limit(
+        tenant_a, fleet, clock, settings, django_capture_on_commit_callbacks):
+    settings.SWITCHYARD_DEFRAG_MAX_MOVES = 0  # off while the fragmented fleet is made
+    settings.SWITCHYARD_DEFRAG_INTERVAL_SECONDS = 60
+    deployments = _one_replica_per_node(tenant_a, fleet, clock, django_capture_on_commit_callbacks)
+    assert len(_nodes_in_use()) == 3
+    for _ in range(6):  # off: nothing moves, however long
+        assert clock.run(django_capture_on_commit_callbacks).moved == 0
+    assert len(_nodes_in_use()) == 3
+
+    settings.SWITCHYARD_DEFRAG_MAX_MOVES = 1
+    moves_at = []
+    for _ in range(40):
+        report = clock.run(django_capture_on_commit_callbacks)
+        assert report.moved <= 1
+        if report.moved:
+            moves_at.append(clock.now)
+        # Make before break: every deployment keeps a ready replica throughout.
+        for deployment in deployments:
+            assert _holding(deployment).filter(state="ready").exists()
+        _assert_no_node_overcommitted()
+        if len(_nodes_in_use()) == 1 and not _holding().exclude(state="ready").exists():
+            break
+    else:
+        raise AssertionError("the fleet was not consolidated")
+    # Two moves pack three replicas onto one node; never two within one interval.
+    assert len(moves_at) == 2 and moves_at[1] - moves_at[0] >= timedelta(seconds=60)
+    moved = [d for d in deployments if DeploymentEvent.objects.filter(deployment=d, kind="replicas.moving").exists()]
+    assert len(moved) == 2
+    for deployment in moved:
+        starting = DeploymentEvent.objects.get(deployment=deployment, kind="replicas.moving")
+        finished = DeploymentEvent.objects.get(deployment=deployment, kind="replicas.moved")
+        assert starting.message.startswith("defragmentation: ") and finished.message.startswith("defragmentation: ")
+        replacement = Replica.objects.get(public_id=starting.data["replacement"])
+        assert replacement.state == "ready"
+        assert PlacementDecision.objects.get(replica=replacement).alternatives[0]["why"].startswith("defragmentation: ")
+        assert Replica.objects.get(public_id=starting.data["replica"]).state == "stopped"
+        assert _refresh(deployment).status == "ready" and _holding(deployment).count() == 1
+        assert "defrag_moves" not in _refresh(deployment).scaler_state
+
+    for _ in range(8):  # packed: nothing left to gain, nothing moves
+        assert clock.run(django_capture_on_commit_callbacks).moved == 0
+
+
+def test_a_move_whose_new_replica_fails_leaves_the_old_one_serving(tenant_a, fleet, clock, settings,
+                                                                   django_capture_on_commit_callbacks):
+    settings.SWITCHYARD_DEFRAG_MAX_MOVES = 0
+    settings.SWITCHYARD_DEFRAG_INTERVAL_SECONDS = 60
+    _one_replica_per_node(tenant_a, fleet, clock, django_capture_on_commit_callbacks)
+    settings.SWITCHYARD_DEFRAG_MAX_MOVES = 1
+    clock.until(django_capture_on_commit_callbacks, lambda: DeploymentEvent.objects.filter(
+        kind="replicas.moving").exists())
+    event = DeploymentEvent.objects.get(kind="replicas.moving")
+    old = Replica.objects.get(public_id=event.data["replica"])
+    Replica.objects.filter(public_id=event.data["replacement"]).update(state="failed")
+    report = clock.run(django_capture_on_commit_callbacks)
+    old.refresh_from_db()
+    # The move is dropped: the old replica serves on as before, and no replacement is placed for it.
+    assert old.state == "ready" and report.created == 0 and report.retired == 0
+    assert "defrag_moves" not in _refresh(event.deployment).scaler_state
 
 
 # --- concurrency (PostgreSQL) ---------------------------------------------------------------

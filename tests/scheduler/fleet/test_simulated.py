@@ -13,13 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler.catalog import accelerator_specs
+from scheduler.architecture import parse_config
+from scheduler.catalog import accelerator_specs, efficiency_for, hardware_catalog, model_templates
+from scheduler.estimator import Slo, Traffic, best_option, lognormal_p90, replica_options
 from scheduler.fleet import FleetDriver, FleetError, MetricsUnavailable, ReplicaNotFound, Spike, TrafficProfile
 from scheduler.fleet.metrics import REQUEST_LATENCY_BUCKETS, TPOT_BUCKETS, TTFT_BUCKETS
 from scheduler.fleet.simulated import SimulatedFleet, _Engine
+from scheduler.perf import MAX_NUM_SEQS
 from tests.scheduler.fleet.conftest import T0, Clock, make_spec
 
 HOUR = 3600.0
+LLAMA_8B = parse_config(model_templates()["llama-3.1-8b"]["config"])
+H100 = hardware_catalog()["h100-80gb"]
 
 
 def samples(text: str) -> dict:
@@ -456,3 +461,53 @@ def test_processes_sharing_a_state_directory_never_double_count(new_fleet, clock
     with ThreadPoolExecutor(max_workers=4) as pool:
         texts = list(pool.map(lambda fleet: fleet.fetch_metrics(spec.replica_id), workers * 3))
     assert set(texts) == {alone.fetch_metrics(spec.replica_id)}
+
+
+# --- capacity: the simulated replica and the estimator ------------------------------------------
+
+
+def _served_per_second(fleet, replica_id: str, clock, seconds: float) -> float:
+    """Requests finished per second over the next `seconds` (not those clients gave up on)."""
+    def finished() -> float:
+        text = fleet.fetch_metrics(replica_id)
+        return sum(value(text, "vllm:request_success_total", finished_reason=reason) for reason in ("stop", "length"))
+
+    before = finished()
+    clock.tick(seconds)
+    return (finished() - before) / seconds
+
+
+def test_an_overloaded_replica_serves_what_the_estimator_plans_when_latency_does_not_bind(new_fleet, clock):
+    """Sizes median 512 / p95 1,024 in and 256 / 512 out with a loose SLO: the estimator's
+    replica runs 256 requests (vLLM's limit, not the SLO, binds) at 27.8 req/s of the mean
+    request. A simulated replica given the same sizes (p90 from the p95 on the same
+    log-normal) and twice that traffic gets through the same rate."""
+    traffic = Traffic(requests_per_s=60.0, input_tokens=512, output_tokens=256, input_tokens_p95=1024,
+                      output_tokens_p95=512)
+    option = best_option(replica_options(LLAMA_8B, "bf16", H100, efficiency_for(H100), traffic, Slo(2000, 100)))
+    assert option.capacity.concurrency == MAX_NUM_SEQS
+    profile = TrafficProfile(requests_per_s=traffic.requests_per_s, input_tokens_median=512,
+                             input_tokens_p90=lognormal_p90(512, 1024), output_tokens_median=256,
+                             output_tokens_p90=lognormal_p90(256, 512), max_output_tokens=4096)
+    fleet = new_fleet()
+    spec = make_spec(traffic=profile)
+    fleet.create_replica(spec)
+    clock.tick(startup_seconds(spec, fleet) + 120)  # ready, and the backlog built up
+    assert _served_per_second(fleet, spec.replica_id, clock, 600) == pytest.approx(option.capacity.requests_per_s,
+                                                                                   rel=0.02)
+
+
+def test_where_latency_binds_the_estimator_plans_below_what_a_saturated_replica_gets_through(new_fleet, clock):
+    """The Azure conversation sizes with p95 TTFT 2 s and TPOT 80 ms: the SLO holds up to 97
+    running requests, 15.0 req/s — the planning figure. Overloaded, a replica runs 256 and
+    gets through 17.7 req/s, every request late."""
+    traffic = Traffic(requests_per_s=40.0, input_tokens=1020, output_tokens=129, input_tokens_p95=3616,
+                      output_tokens_p95=594)
+    option = best_option(replica_options(LLAMA_8B, "bf16", H100, efficiency_for(H100), traffic, Slo(2000, 80)))
+    assert option.capacity.concurrency == 97 and option.capacity.requests_per_s == pytest.approx(15.05, abs=0.01)
+    fleet = new_fleet()
+    spec = make_spec(traffic=TrafficProfile(requests_per_s=traffic.requests_per_s, max_output_tokens=4096))
+    fleet.create_replica(spec)
+    clock.tick(startup_seconds(spec, fleet) + 120)
+    saturated = _served_per_second(fleet, spec.replica_id, clock, 600)
+    assert saturated == pytest.approx(17.7, rel=0.02) and saturated > 1.15 * option.capacity.requests_per_s
