@@ -1,0 +1,46 @@
+"""The billing pages in a real browser: an invoice, its line's drill-down, the printable page."""
+
+from billing.invoicing import period_close
+from billing.models import Invoice
+from tests.billing.invoicing_helpers import at, books, deployment, rollup, tenant
+from tests.browser import BROWSER_TEST
+from tests.factories import PASSWORD, MembershipFactory, UserFactory
+from tenants.roles import Role
+
+pytestmark = BROWSER_TEST
+
+
+def test_an_owner_opens_an_invoice_and_drills_down_to_the_hours_behind_a_line(live_server, browser_page,
+                                                                             screenshot_dir):
+    books()
+    customer = tenant(country="DE", currency="EUR", vat_id="DE136695976")
+    owner = UserFactory()
+    MembershipFactory(tenant=customer, user=owner, role=Role.OWNER)
+    serving = deployment(customer, "chat")
+    rollup(serving, "output_tokens", "2026-01-05T10:00", 1_200)
+    rollup(serving, "output_tokens", "2026-01-05T11:00", 800)  # 2,000 × 0.001 = 2.00 EUR, reverse charge
+    period_close(now=at("2026-02-01T00:05"))
+    invoice = Invoice.objects.get(tenant=customer)
+
+    page = browser_page
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", owner.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/billing/invoices/")
+    page.click("text=January 2026")
+    page.wait_for_selector("[data-testid=invoice-total]")
+    assert page.inner_text("[data-testid=invoice-total]") == "2.00 EUR"
+    assert "Reverse charge" in page.inner_text("[data-testid=tax-note]")
+    page.screenshot(path=str(screenshot_dir / "invoice-detail.png"), full_page=True)
+
+    page.click("text=Output tokens · chat")
+    rows = page.locator("[data-testid=line-rollups] tbody tr")
+    assert rows.count() == 2
+    rows.first.locator("text=events").click()
+    page.wait_for_selector("#events")
+    page.screenshot(path=str(screenshot_dir / "invoice-line.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/billing/invoices/{invoice.public_id}/print/")
+    assert "Invoice SY-2026-000001" in page.inner_text("h1")
+    page.screenshot(path=str(screenshot_dir / "invoice-print.png"), full_page=True)
