@@ -57,6 +57,10 @@ def demo_seed() -> DemoCredentials | None:
         from scheduler.services import fleet_import_demo
 
         fleet_import_demo()
+        # The default USD price book (billing/data/default_pricebook.yaml), so usage is priced.
+        from billing.pricebooks import pricebook_import_default
+
+        pricebook_import_default()
     return DemoCredentials(
         tenant_name=tenant.name, tenant_slug=tenant.slug, email=owner.email, password=password, api_key=plaintext
     )

@@ -29,10 +29,18 @@ NAVIGATION: list[NavSection] = [
                also_active_for=("model-create", "model-detail", "model-edit", "model-delete")),
     NavSection("Deployments", "deployments", Scope.READ, "server",
                also_active_for=("deployment-create", "deployment-detail", "deployment-edit")),
+    NavSection("Usage", "usage", Scope.READ, "chart"),
+    NavSection("Billing", "invoices", Scope.BILLING, "book",
+               also_active_for=("invoice-detail", "invoice-line", "credits", "prices",
+                                "budgets", "budget-detail", "budget-lift", "budget-delete")),
     NavSection("Team", "team", Scope.READ, "users",
                also_active_for=("team-invite", "team-member-role", "team-member-remove", "team-invitation-revoke")),
     NavSection("API keys", "api-keys", Scope.READ, "key", also_active_for=("api-key-revoke",)),
     NavSection("Audit log", "audit-log", Scope.READ, "list"),
+    # For the roles that manage endpoints (owner, admin); the pages themselves let readers look.
+    NavSection("Webhooks", "webhooks", Scope.ADMIN, "mail",
+               also_active_for=("webhook-detail", "webhook-delivery", "webhook-rotate-secret", "webhook-test",
+                                "webhook-delete", "webhook-redeliver")),
     NavSection("Settings", "tenant-settings", Scope.ADMIN, "settings"),
 ]
 

@@ -7,6 +7,7 @@ unless the secrets and a PostgreSQL database are configured.
 
 import importlib.util
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -258,6 +259,8 @@ SPECTACULAR_SETTINGS = {
         "NodeStateEnum": "scheduler.models.Node.State",
         "ReplicaStateEnum": "scheduler.models.Replica.State",
         "DeploymentStatusEnum": "scheduler.models.Deployment.Status",
+        "WebhookDeliveryStateEnum": "tenants.models.WebhookDelivery.State",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
     },
 }
 
@@ -277,6 +280,15 @@ SWITCHYARD_RECONCILE_SECONDS = env.float("SWITCHYARD_RECONCILE_SECONDS", default
 if not SWITCHYARD_RECONCILE_SECONDS > 0:
     raise ImproperlyConfigured("SWITCHYARD_RECONCILE_SECONDS must be a positive number of seconds")
 
+# Defragmentation (docs/placement.md): at most this many replica moves per step (0: off)…
+SWITCHYARD_DEFRAG_MAX_MOVES = env.int("SWITCHYARD_DEFRAG_MAX_MOVES", default=2)
+if SWITCHYARD_DEFRAG_MAX_MOVES < 0:
+    raise ImproperlyConfigured("SWITCHYARD_DEFRAG_MAX_MOVES must be 0 (off) or more")
+# …and at most one step per this many seconds (0: off).
+SWITCHYARD_DEFRAG_INTERVAL_SECONDS = env.float("SWITCHYARD_DEFRAG_INTERVAL_SECONDS", default=300.0)
+if not SWITCHYARD_DEFRAG_INTERVAL_SECONDS >= 0:
+    raise ImproperlyConfigured("SWITCHYARD_DEFRAG_INTERVAL_SECONDS must be 0 (off) or a positive number of seconds")
+
 # --- Metering (docs/metering.md) ------------------------------------------------------------
 
 
@@ -295,6 +307,30 @@ if USAGE_RETENTION_DAYS < USAGE_MAX_AGE_DAYS:
     raise ImproperlyConfigured("SWITCHYARD_USAGE_RETENTION_DAYS must be at least SWITCHYARD_USAGE_MAX_AGE_DAYS: "
                                "an event id must be remembered as long as it may be sent again")
 USAGE_MAX_BATCH = 1000  # events per POST /api/v1/usage/events (documented in the API)
+
+# --- Invoicing (docs/billing.md) ------------------------------------------------------------
+
+# The issuer printed on invoices; its country decides VAT (billing/tax.py: an EU member state).
+SWITCHYARD_INVOICE_ISSUER_NAME = env.str("SWITCHYARD_INVOICE_ISSUER_NAME", default="Switchyard Cloud Ltd")
+SWITCHYARD_INVOICE_ISSUER_ADDRESS = env.str("SWITCHYARD_INVOICE_ISSUER_ADDRESS", default="1 Dock Road, Dublin, Ireland")
+SWITCHYARD_INVOICE_ISSUER_COUNTRY = env.str("SWITCHYARD_INVOICE_ISSUER_COUNTRY", default="IE")
+SWITCHYARD_INVOICE_ISSUER_VAT_ID = env.str("SWITCHYARD_INVOICE_ISSUER_VAT_ID", default="")
+# Invoice numbers are <prefix>-<year>-<6 digits>, gapless per prefix and year; credit notes <prefix>-CN-….
+SWITCHYARD_INVOICE_PREFIX = env.str("SWITCHYARD_INVOICE_PREFIX", default="SY")
+if not re.fullmatch(r"[A-Z][A-Z0-9]{0,9}", SWITCHYARD_INVOICE_PREFIX):
+    raise ImproperlyConfigured("SWITCHYARD_INVOICE_PREFIX must be 1–10 upper-case letters or digits, e.g. SY")
+SWITCHYARD_INVOICE_PAYMENT_DAYS = _positive_int("SWITCHYARD_INVOICE_PAYMENT_DAYS", 30)
+# A close that claimed a draft and has not finalized it after this long crashed: the next run takes over.
+SWITCHYARD_INVOICE_CLAIM_STALE_MINUTES = _positive_int("SWITCHYARD_INVOICE_CLAIM_STALE_MINUTES", 30)
+# How many past months the daily close looks at (late events are accepted for 35 days).
+SWITCHYARD_INVOICE_LOOKBACK_MONTHS = _positive_int("SWITCHYARD_INVOICE_LOOKBACK_MONTHS", 3)
+
+# --- Webhooks -------------------------------------------------------------------------------
+
+# Whether webhook URLs may point at private, loopback or link-local addresses (docs/webhooks.md).
+# Allowed in development, so a receiver on this machine can be tried; in production a tenant's
+# URL must not reach into the operator's own network unless this says so.
+SWITCHYARD_WEBHOOK_ALLOW_PRIVATE = env.bool("SWITCHYARD_WEBHOOK_ALLOW_PRIVATE", default=not PRODUCTION)
 
 # --- Operations -----------------------------------------------------------------------------
 

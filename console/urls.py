@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing.urls import api_urlpatterns as billing_api
+from billing.urls import urlpatterns as billing_pages
 from console import ops, views
 from scheduler.urls import api_urlpatterns as scheduler_api
 from scheduler.urls import urlpatterns as scheduler_pages
@@ -11,6 +13,7 @@ from tenants.urls import urlpatterns as tenant_pages
 api_v1 = [
     *tenant_api,
     *scheduler_api,
+    *billing_api,
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]
 
@@ -18,6 +21,7 @@ urlpatterns = [
     path("", views.home, name="console-home"),
     path("", include(tenant_pages)),
     path("", include(scheduler_pages)),
+    path("", include(billing_pages)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

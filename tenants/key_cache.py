@@ -1,8 +1,8 @@
-"""A per-process cache of verified API keys (with their tenant), so a busy key costs no
-database query.
+"""A per-process cache of verified API keys (with their tenant) and service tokens, so a
+busy credential costs no database query.
 
 Revocation, expiry and tenant changes still take effect on the next request: every
-change to a key or a tenant bumps a global *credential epoch*, and a cached entry is
+change to a key, a service token or a tenant bumps a global *credential epoch*, and a cached entry is
 used only while the epoch is the one read before the entry was loaded. The epoch
 lives in Redis when it is configured; without Redis Switchyard runs on one host (the
 broker is a folder too), so a file in the data folder serves. Reading the epoch costs
@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from django.conf import settings
 
-from tenants.models import ApiKey
+from tenants.models import ApiKey, ServiceToken
 from tenants.rate_limits import redis_client
 
 EPOCH_REDIS_KEY = "switchyard:credential-epoch"
@@ -28,7 +28,7 @@ MAX_ENTRIES = 10_000
 
 @dataclass(frozen=True)
 class Entry:
-    key: ApiKey
+    key: ApiKey | ServiceToken  # service tokens are filed under "svc:<prefix>"
     epoch: str
     loaded_at: float
 
@@ -52,7 +52,8 @@ def read_epoch() -> str:
 
 
 def bump_epoch() -> None:
-    """Invalidate every process's cached keys: call after any change to a key or a tenant."""
+    """Invalidate every process's cached credentials: call after any change to a key, a
+    service token or a tenant."""
     if settings.REDIS_URL:
         redis_client().incr(EPOCH_REDIS_KEY)
         return
@@ -108,7 +109,7 @@ def cached(prefix: str) -> Entry | None:
     return entry
 
 
-def remember(prefix: str, key: ApiKey, epoch: str) -> None:
+def remember(prefix: str, key: ApiKey | ServiceToken, epoch: str) -> None:
     with _lock:
         if len(_entries) >= MAX_ENTRIES:
             _entries.clear()

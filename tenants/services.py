@@ -232,6 +232,8 @@ def service_token_revoke(*, token: ServiceToken, revoked_by: User | None = None)
     updated = ServiceToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     token.refresh_from_db()
     if updated:
+        # A queryset update sends no post_save: tell the credential caches directly.
+        key_cache.credentials_changed()
         logger.info("service token %s revoked by %s", token, revoked_by or "a command")
     return token
 

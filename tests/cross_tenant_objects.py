@@ -5,7 +5,7 @@ matrix fails on a route it cannot build an object for. An entry returns the
 object (a model instance with `public_id`) and may give a body to send with
 writes, so the request is valid in every way except its tenant.
 
-Operator routes (under /api/v1/fleet/) have their own entries in OPERATOR_OBJECTS:
+Operator routes (under /api/v1/fleet/, and usage ingestion) have their own entries in OPERATOR_OBJECTS:
 the path value to use and the bodies that make each method's request valid.
 """
 
@@ -95,17 +95,95 @@ def _deployment(world) -> Made:
     return Made(make_deployment(world), {"PATCH": {"max_replicas": 2}})
 
 
+def _webhook_endpoint(world) -> Made:
+    from tenants.webhooks import webhook_endpoint_create
+
+    endpoint, _secret = webhook_endpoint_create(actor=system_actor(world.tenant), url="https://example.com/hooks",
+                                                event_types=["*"])
+    return Made(endpoint, {"PATCH": {"description": "stolen"}, "POST": {}})
+
+
+def _webhook_delivery(world) -> Made:
+    # A delivery row only: the matrix runs in a test transaction, so nothing is ever sent.
+    from tenants.webhooks import webhook_endpoint_send_test
+
+    endpoint = _webhook_endpoint(world).obj
+    return Made(webhook_endpoint_send_test(actor=system_actor(world.tenant), endpoint=endpoint), {"POST": {}})
+
+
+_MINIMAL_BOOK = """
+version: 1
+name: Cross-tenant matrix {currency}
+currency: {currency}
+prices:
+  - {{meter: output_tokens, model: per_unit, unit_price: 0.001}}
+"""
+
+
+def _invoice(world) -> Made:
+    """A finalized invoice of last month, made by the real services from one rollup."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing.invoicing import invoice_finalize, invoice_refresh_draft, month_start
+    from billing.models import Invoice
+    from billing.pricebooks import default_book, pricebook_import
+    from tests.billing.factories import UsageRollupFactory
+
+    currency = world.tenant.currency
+    if default_book(currency) is None:
+        pricebook_import(text=_MINIMAL_BOOK.format(currency=currency))
+    last_month = month_start(month_start(timezone.now()) - timedelta(days=1))
+    made = Invoice.objects.filter(tenant=world.tenant, period=last_month).first()
+    if made is not None:  # one per tenant and month: the matrix asks several times
+        return Made(made)
+    UsageRollupFactory(deployment=make_deployment(world), meter="output_tokens", quantity="1000",
+                       hour=datetime(last_month.year, last_month.month, 2, 10, tzinfo=UTC))
+    draft = invoice_refresh_draft(tenant=world.tenant, period=last_month)
+    return Made(invoice_finalize(invoice=draft))
+
+
+
+def _budget(world) -> Made:
+    """The tenant-wide budget (one per tenant: made once, found after), with an action in force,
+    so a lift from the wrong tenant would have something to change."""
+    from decimal import Decimal
+
+    from billing.budgets import budget_create
+    from billing.invoicing import month_start
+    from billing.models import Budget, BudgetAction
+
+    budget = (Budget.objects.filter(tenant=world.tenant, deployment=None).first()
+              or budget_create(actor=system_actor(world.tenant), amount=Decimal("100"), action="pause"))
+    BudgetAction.objects.get_or_create(budget=budget, period=month_start(timezone.now()), defaults={
+        "tenant": world.tenant, "action": "pause", "spend": Decimal("150"), "amount": budget.amount,
+        "currency": budget.currency})
+    return Made(budget, {"PATCH": {"amount": "50.00"}, "POST": {"reason": "not yours"}})
+
+
 OBJECT_FACTORIES = {
+    "api-invoice": _invoice,
+    "api-invoice-pdf": _invoice,
+    "api-invoice-rollups": _invoice,
+    "api-invoice-events": _invoice,
     "api-deployment": _deployment,
     "api-deployment-pause": _deployment,
     "api-deployment-resume": _deployment,
     "api-deployment-events": _deployment,
     "api-deployment-replicas": _deployment,
+    "api-deployment-metrics": _deployment,
     "api-model": _model,
     "api-member": _member,
     "api-invitation": _invitation,
     "api-api-key": _api_key,
     "api-audit-event": _audit_event,
+    "api-webhook": _webhook_endpoint,
+    "api-webhook-rotate-secret": _webhook_endpoint,
+    "api-webhook-test": _webhook_endpoint,
+    "api-webhook-deliveries": _webhook_endpoint,
+    "api-webhook-delivery": _webhook_delivery,
+    "api-webhook-delivery-redeliver": _webhook_delivery,
+    "api-budget": _budget,
+    "api-budget-lift": _budget,
 }
 
 # Objects whose history counts as "changed" if it grows (append-only logs are compared by count).
@@ -131,7 +209,17 @@ def _tenant_limits(world) -> OperatorMade:
     return OperatorMade(str(world.tenant.public_id), {"PUT": {"max_priority": 3, "default_accelerator_quota": 32}})
 
 
+def _usage_batch(world) -> OperatorMade:
+    deployment = make_deployment(world, token_usage_source="external")
+    event = {"specversion": "1.0", "id": f"matrix-{next(_names)}", "source": "gateway/matrix",
+             "type": "inference.request", "subject": str(deployment.public_id),
+             "time": (timezone.now() - timedelta(minutes=1)).isoformat(),
+             "data": {"input_tokens": 10, "output_tokens": 2}}
+    return OperatorMade("", {"POST": {"events": [event]}})
+
+
 OPERATOR_OBJECTS = {
+    "api-usage-events": _usage_batch,
     "api-fleet-node": _node,
     "api-fleet-node-cordon": _node,
     "api-fleet-node-uncordon": _node,

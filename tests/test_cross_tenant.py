@@ -5,9 +5,10 @@ tenant B's object gets 404, exactly like a missing object, and nothing of tenant
 B changes. Lists and singletons never show B's ids. Routes added by later work
 are covered automatically; one the matrix cannot build an object for fails it.
 
-Routes under /api/v1/fleet/ are the operator's: every one is an OperatorAPIView,
-refuses a tenant key with every scope (403, and changes nothing), and answers a
-staff session (with CSRF) and a service token with the `fleet` scope.
+Routes under /api/v1/fleet/ and usage ingestion are the operator's: every one is an
+OperatorAPIView, refuses a tenant key with every scope (403, and changes nothing), and
+answers a staff session (with CSRF) and a service token with the scope the route names
+(`fleet`, or `usage:write` for ingestion), and no token without it.
 """
 
 import json
@@ -17,17 +18,19 @@ from django.forms.models import model_to_dict
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
+from billing.models import UsageEvent
 from scheduler.models import FleetEvent, Node, TenantLimits, TenantQuota
 from tests.conftest import api_client
 from tests.cross_tenant_objects import OBJECT_FACTORIES, OPERATOR_OBJECTS
 from tests.factories import UserFactory
 from tenants.models import AuditEvent
 from tenants.rest import OperatorAPIView, TenantAPIView
+from tenants.roles import ALL_SERVICE_SCOPES
 from tenants.services import service_token_create
 
 PUBLIC_ROUTES = {"api-schema"}  # the OpenAPI schema needs no credential
-# The operator's routes. Usage ingestion (service tokens with `usage:write`) joins this list when it lands.
-OPERATOR_PREFIXES = ("api/v1/fleet/",)
+# The operator's routes: the fleet, and usage ingestion (service tokens with `usage:write`).
+OPERATOR_PREFIXES = ("api/v1/fleet/", "api/v1/usage/events")
 
 
 def _api_routes():
@@ -132,14 +135,15 @@ def _operator_url(route: str, made) -> str:
 
 
 def _operator_made(name: str, route: str, world):
-    return OPERATOR_OBJECTS[name](world) if "<" in route else None
+    # Routes with a path parameter need an object; others may give request bodies.
+    return OPERATOR_OBJECTS[name](world) if "<" in route or name in OPERATOR_OBJECTS else None
 
 
 def _fleet_snapshot() -> tuple:
     return (list(Node.objects.values_list("name", "state").order_by("name")), FleetEvent.objects.count(),
             list(TenantQuota.objects.values_list("tenant_id", "tier_id", "max_accelerators").order_by("pk")),
             list(TenantLimits.objects.values_list("tenant_id", "max_priority").order_by("pk")),
-            AuditEvent.objects.count())
+            AuditEvent.objects.count(), UsageEvent.objects.count())
 
 
 @pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
@@ -171,27 +175,29 @@ def _service_token_client(*scopes: str) -> APIClient:
 
 
 @pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
-def test_operator_route_answers_staff_and_a_fleet_service_token(tenant_a, name, route, view_class):
+def test_operator_route_answers_staff_and_a_service_token_with_its_scope(tenant_a, name, route, view_class):
     made = _operator_made(name, route, tenant_a)
     url = _operator_url(route, made)
-    for client in (_staff_session(), _service_token_client("fleet")):
-        for method in _methods(view_class):
+    for method in _methods(view_class):
+        for client in (_staff_session(), _service_token_client(view_class.required_scopes[method])):
             body = made.bodies.get(method, {}) if made else {}
             response = client.generic(method, url, json.dumps(body), content_type="application/json")
-            assert response.status_code == 200, f"{method} {url}: {response.status_code} {response.content[:300]}"
+            assert response.status_code in (200, 202), \
+                f"{method} {url}: {response.status_code} {response.content[:300]}"
 
 
 @pytest.mark.parametrize("name, route, view_class", OPERATOR_ROUTES, ids=[r[1] for r in OPERATOR_ROUTES])
-def test_operator_route_needs_the_fleet_scope_and_csrf(tenant_a, name, route, view_class):
+def test_operator_route_needs_its_scope_and_csrf(tenant_a, name, route, view_class):
     made = _operator_made(name, route, tenant_a)
     url = _operator_url(route, made)
-    usage_only = _service_token_client("usage:write")
     session_without_csrf = _staff_session()
     del session_without_csrf.defaults["HTTP_X_CSRFTOKEN"]
     for method in _methods(view_class):
+        scope = view_class.required_scopes[method]
+        every_other_scope = _service_token_client(*sorted(ALL_SERVICE_SCOPES - {scope}))
         body = json.dumps(made.bodies.get(method, {}) if made else {})
-        response = usage_only.generic(method, url, body, content_type="application/json")
-        assert response.status_code == 403 and "'fleet' scope" in response.json()["detail"]
+        response = every_other_scope.generic(method, url, body, content_type="application/json")
+        assert response.status_code == 403 and f"'{scope}' scope" in response.json()["detail"]
         if method != "GET":
             response = session_without_csrf.generic(method, url, body, content_type="application/json")
             assert response.status_code == 403 and "CSRF" in response.json()["detail"]

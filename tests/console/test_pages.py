@@ -72,10 +72,12 @@ def test_every_navigation_section_has_a_page():
 def test_navigation_shows_only_sections_the_scopes_allow():
     viewer = [link.label for link in nav_links_for(ROLE_SCOPES[Role.VIEWER], "team")]
     admin = nav_links_for(ROLE_SCOPES[Role.ADMIN], "team")
-    assert viewer == ["Overview", "Models", "Deployments", "Team", "API keys", "Audit log"]
-    assert [link.label for link in admin] == ["Overview", "Models", "Deployments", "Team", "API keys", "Audit log",
-                                              "Settings"]
+    assert viewer == ["Overview", "Models", "Deployments", "Usage", "Team", "API keys", "Audit log"]
+    assert [link.label for link in admin] == ["Overview", "Models", "Deployments", "Usage", "Billing", "Team",
+                                              "API keys", "Audit log", "Webhooks", "Settings"]
     assert [link.label for link in admin if link.active] == ["Team"]
+    biller = [link.label for link in nav_links_for(ROLE_SCOPES[Role.BILLING], "invoice-detail") if link.active]
+    assert biller == ["Billing"]
 
 
 def test_the_layout_shows_the_navigation_for_the_role(tenant_a):

@@ -5,6 +5,8 @@ from django.test.utils import CaptureQueriesContext
 
 from tenants.key_cache import bump_epoch, read_epoch
 from tenants.models import ApiKey
+from tenants.services import service_token_create, service_token_revoke
+from tests.conftest import api_client
 
 
 def _key_queries(client) -> list[str]:
@@ -50,3 +52,41 @@ def test_a_wrong_secret_never_matches_a_cached_key(tenant_a):
     from tests.conftest import api_client
 
     assert api_client(f"sy_live_{prefix}_{'x' * 32}").get("/api/v1/tenant").status_code == 401
+
+
+# --- service tokens share the cache and its epoch ---------------------------------------------------
+
+SERVICE_ROUTE = "/api/v1/fleet/nodes"
+
+
+def _token_queries(plaintext: str) -> tuple[int, int]:
+    with CaptureQueriesContext(connection) as queries:
+        status = api_client(plaintext).get(SERVICE_ROUTE).status_code
+    return status, sum("tenants_servicetoken" in q["sql"] and "SELECT" in q["sql"] for q in queries.captured_queries)
+
+
+def test_a_warm_service_token_costs_no_query(db):
+    _token, plaintext = service_token_create(name="gateway", scopes=["fleet"])
+    assert _token_queries(plaintext) == (200, 1)
+    assert _token_queries(plaintext) == (200, 0)
+
+
+def test_revoking_a_cached_service_token_refuses_it_at_once(db):
+    token, plaintext = service_token_create(name="g", scopes=["fleet"])
+    assert _token_queries(plaintext)[0] == 200  # now cached
+    service_token_revoke(token=token)
+    assert _token_queries(plaintext)[0] == 401
+
+
+def test_a_service_token_changed_in_the_back_office_is_reloaded(db):
+    token, plaintext = service_token_create(name="g", scopes=["fleet"])
+    assert _token_queries(plaintext)[0] == 200
+    token.scopes = ["usage:write"]
+    token.save()  # post_save bumps the epoch
+    assert _token_queries(plaintext)[0] == 403
+
+
+def test_a_wrong_secret_never_matches_a_cached_service_token(db):
+    _token, plaintext = service_token_create(name="g", scopes=["fleet"])
+    assert _token_queries(plaintext)[0] == 200
+    assert _token_queries(plaintext[:-4] + ("aaaa" if not plaintext.endswith("aaaa") else "bbbb"))[0] == 401
