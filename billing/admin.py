@@ -30,6 +30,7 @@ from billing.models import (
     CreditNote,
     Invoice,
     InvoiceLine,
+    Meter,
     Payment,
     Price,
     PriceBook,
@@ -59,6 +60,50 @@ class BillingProfileForm(forms.ModelForm):
             if tenant.billing_country in vat_rates().eu_member_states:
                 self.add_error("vat_id", problem)
         return data
+
+
+class MeterForm(forms.ModelForm):
+    class Meta:
+        model = Meter
+        fields = ["slug", "name", "unit", "description", "event_type", "aggregation", "value_property",
+                  "dimensions", "per_tier", "active"]
+
+    def clean_dimensions(self):
+        dimensions = self.cleaned_data["dimensions"] or []
+        if not isinstance(dimensions, list) or not all(isinstance(d, str) and d.strip() for d in dimensions):
+            raise ValidationError('A list of keys of the event\'s data, e.g. ["region", "model"].')
+        if len(set(dimensions)) != len(dimensions):
+            raise ValidationError("Each dimension once.")
+        return dimensions
+
+    def clean(self):
+        cleaned = super().clean()
+        if "aggregation" not in self.fields:  # a saved meter: its meaning is read-only
+            return cleaned
+        if cleaned.get("aggregation") != Meter.Aggregation.COUNT and not cleaned.get("value_property"):
+            self.add_error("value_property", "Which key of the event's data to aggregate (only `count` needs none).")
+        return cleaned
+
+
+@admin.register(Meter)
+class MeterAdmin(admin.ModelAdmin):
+    """Staff add meters; ingestion picks them up with the next batch (events stored before are not
+    re-aggregated). Built-in meters are read-only: invoices and the collectors rely on them."""
+
+    form = MeterForm
+    list_display = ["slug", "name", "event_type", "aggregation", "value_property", "per_tier", "built_in", "active"]
+    list_filter = ["built_in", "active", "aggregation"]
+    search_fields = ["slug", "name", "event_type"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.built_in:
+            return [*MeterForm.Meta.fields, "built_in"]
+        if obj is not None:  # the rollups already written are keyed by the meter: its meaning stays
+            return ["slug", "event_type", "aggregation", "value_property", "dimensions", "per_tier"]
+        return []
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # rollups and prices refer to meters; deactivate instead
 
 
 @admin.register(BillingProfile)

@@ -410,3 +410,38 @@ def test_time_window_is_judged_against_now(external):
                            request_event(external, "out", time=now - timedelta(days=40))], now=now)
     assert result.accepted == 1 and [r.id for r in result.rejected] == ["out"]
     assert UsageEvent.objects.get().billing_period == date(2026, 11, 1)
+
+
+# --- meters added by staff --------------------------------------------------------------------
+
+
+@pytest.fixture
+def staff_client(db, client):
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    return client
+
+
+def test_a_meter_staff_add_in_the_admin_meters_the_next_batch(staff_client, fleet, external):
+    form = {"slug": "longest_prompt", "name": "Longest prompt", "unit": "token", "event_type": "inference.request",
+            "aggregation": "max", "value_property": "input_tokens", "dimensions": "[]", "active": "on"}
+    missing_property = staff_client.post("/admin/billing/meter/add/", {**form, "value_property": ""})
+    assert missing_property.status_code == 200 and b"Which key of the event" in missing_property.content
+    assert not Meter.objects.filter(slug="longest_prompt").exists()
+
+    assert staff_client.post("/admin/billing/meter/add/", form).status_code == 302
+    ingest(fleet, [request_event(external, "a", input_tokens=300), request_event(external, "b", input_tokens=900)])
+    assert rollup(external, "longest_prompt") == 900
+    assert rollup(external, "input_tokens") == 1200
+
+
+def test_built_in_meters_cannot_be_changed_or_deleted_in_the_admin(staff_client):
+    meter = Meter.objects.get(slug="input_tokens")
+    staff_client.post(f"/admin/billing/meter/{meter.pk}/change/",
+                      {"slug": "input_tokens", "name": "Renamed", "unit": "x", "event_type": "other",
+                       "aggregation": "count", "value_property": "", "dimensions": "[]"})
+    meter.refresh_from_db()
+    assert (meter.name, meter.event_type, meter.aggregation) == ("Input tokens", "inference.request", "sum")
+    assert staff_client.post(f"/admin/billing/meter/{meter.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Meter.objects.filter(pk=meter.pk).exists()
