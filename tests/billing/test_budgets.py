@@ -30,6 +30,7 @@ from tenants.errors import Conflict, ServiceError
 from tenants.models import AuditEvent, WebhookDelivery
 from tenants.roles import Role
 from tenants.webhooks import webhook_endpoint_create
+from tests.billing.factories import ensure_built_in_meters
 from tests.billing.invoicing_helpers import SCRAPE, at, ingest
 from tests.cross_tenant_objects import make_deployment
 from tests.factories import MembershipFactory, UserFactory
@@ -271,6 +272,7 @@ def test_concurrent_evaluators_alert_each_threshold_once(transactional_db, setti
     from tests.conftest import _world
 
     world = _world("Concurrent")
+    ensure_built_in_meters()  # a transactional test's database may have been flushed by the one before
     pricebook_import(text=PRICES)
     deployment = deployment_of(world)
     made = budget(world, "10", thresholds=[20, 50, 80], action=Budget.Action.PAUSE)

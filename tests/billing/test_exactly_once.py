@@ -256,7 +256,8 @@ def test_a_redis_restart_mid_run_loses_and_doubles_nothing(fleet_usage, tmp_path
     redis.start()
     queue = f"metering-test-{uuid.uuid4().hex[:8]}"
     worker = Worker(tmp_path, queue, {"REDIS_URL": redis.url})
-    sender = Celery("metering-test", broker=redis.url, backend=redis.url)
+    # Not the current app: later tests would otherwise send to this short-lived Redis.
+    sender = Celery("metering-test", broker=redis.url, backend=redis.url, set_as_current=False)
     sender.conf.update(broker_connection_retry_on_startup=True, task_serializer="json", accept_content=["json"],
                        result_serializer="json")
     worker.start()
@@ -274,6 +275,7 @@ def test_a_redis_restart_mid_run_loses_and_doubles_nothing(fleet_usage, tmp_path
         summaries = catch_up(lambda: sender.send_task(TASK, queue=queue), worker)
     finally:
         worker.stop()
+        sender.close()
         redis.stop()
     assert sum(s["rejected"] for s in summaries) == 0
     assert_every_minute_counted_once(start, replicas)
