@@ -1,4 +1,5 @@
-"""Billing tasks: thin and idempotent, routed to the `metering` queue (console/celery.py)."""
+"""Billing tasks: thin and idempotent. Metering tasks go to the `metering` queue, invoicing and
+budgets to `billing` (console/celery.py)."""
 
 from celery import shared_task
 from django.utils import timezone
@@ -34,7 +35,7 @@ def replica_metrics_collect_task() -> dict:
 
 @shared_task
 def period_close_task() -> dict:
-    """Run by beat daily: finalize the invoices of the months that are over. Idempotent and safe
+    """Run by beat every six hours: finalize the invoices of the months that are over. Idempotent and safe
     to run concurrently (claims + one transaction per chunk; docs/billing.md)."""
     from billing.invoicing import period_close
 

@@ -45,7 +45,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     beat_schedule={
-        # Invoicing (docs/billing.md): close the months that are over just after midnight UTC, daily
+        # Invoicing (docs/billing.md): close the months that are over, every six hours at :05
         # (idempotent: a closed month has nothing left; a crashed run's claims are retried once stale),
         # and keep the current month's drafts up to date.
         "close-billing-periods": {
