@@ -33,7 +33,7 @@ from bench.common import (
     print_table,
     print_verdict,
     request_once,
-    sigterm_as_exit,
+    run_guarded,
 )
 
 TARGET = Target(">=", 0.6)
@@ -70,15 +70,7 @@ def run(args) -> int:
         print("python -m bench api: --seconds, --rounds, --concurrency and --workers must be positive",
               file=sys.stderr)
         return 2
-    with sigterm_as_exit():
-        try:
-            return _run(args)
-        except BenchmarkFailed as exc:
-            print(f"\nFAILED: {exc}", file=sys.stderr, flush=True)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: server stopped, temporary data removed", file=sys.stderr, flush=True)
-            return 130
+    return run_guarded(_run, args, on_interrupt="server stopped, temporary data removed")
 
 
 def _run(args) -> int:

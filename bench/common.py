@@ -142,6 +142,20 @@ def sigterm_as_exit():
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_guarded(run, args, *, on_interrupt: str) -> int:
+    """`run(args)` as a benchmark's exit code: 1 with the reason when it fails its checks, 130
+    when interrupted (Ctrl-C or SIGTERM, after every `finally` has cleaned up)."""
+    with sigterm_as_exit():
+        try:
+            return run(args)
+        except BenchmarkFailed as exc:
+            print(f"\nFAILED: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {on_interrupt}", file=sys.stderr, flush=True)
+            return 130
+
+
 # --- Environment ----------------------------------------------------------------------------
 
 

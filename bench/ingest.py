@@ -44,7 +44,7 @@ from bench.common import (
     print_header,
     print_table,
     print_verdict,
-    sigterm_as_exit,
+    run_guarded,
 )
 
 TARGET = Target(">=", 0.5)
@@ -107,15 +107,7 @@ def run(args) -> int:
         print("python -m bench ingest: counts must be positive, --batch-size at most 1000, --duplicates below 0.5",
               file=sys.stderr)
         return 2
-    with sigterm_as_exit():
-        try:
-            return _run(args)
-        except BenchmarkFailed as exc:
-            print(f"\nFAILED: {exc}", file=sys.stderr, flush=True)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: server stopped, temporary data removed", file=sys.stderr, flush=True)
-            return 130
+    return run_guarded(_run, args, on_interrupt="server stopped, temporary data removed")
 
 
 # --- the workload ---------------------------------------------------------------------------------

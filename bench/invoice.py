@@ -39,7 +39,7 @@ from bench.common import (
     print_header,
     print_table,
     print_verdict,
-    sigterm_as_exit,
+    run_guarded,
 )
 
 TARGET = Target("<=", 10.0)
@@ -73,15 +73,7 @@ def run(args) -> int:
     if args.tenants < 1 or not 1 <= args.days <= 31 or args.chunk < 1:
         print("python -m bench invoice: --tenants and --chunk must be positive, --days 1–31", file=sys.stderr)
         return 2
-    with sigterm_as_exit():
-        try:
-            return _run(args)
-        except BenchmarkFailed as exc:
-            print(f"\nFAILED: {exc}", file=sys.stderr, flush=True)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: temporary database dropped", file=sys.stderr, flush=True)
-            return 130
+    return run_guarded(_run, args, on_interrupt="temporary database dropped")
 
 
 def _run(args) -> int:
