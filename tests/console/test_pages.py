@@ -171,3 +171,22 @@ def test_a_membership_removed_mid_session_falls_back_to_another_tenant(tenant_a,
     Membership.objects.filter(tenant=tenant_b.tenant, user=tenant_a.owner).delete()
     response = client.get(reverse("console-home"))
     assert response.context["tenant"] == tenant_a.tenant
+
+
+def test_the_pager_counts_rows_and_links_neighbour_pages_keeping_the_query():
+    from django.core.paginator import Paginator
+    from django.template.loader import render_to_string
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/audit/?action=key.create&page=2")
+    page = Paginator(list(range(45)), 20).page(2)
+    html = render_to_string("console/_pager.html", {"page": page, "noun": "event", "nouns": "events",
+                                                     "anchor": "#log"}, request=request)
+    assert "Page 2 of 3 · 45 events" in html
+    assert 'href="?action=key.create&amp;page=1#log">Newer' in html
+    assert 'href="?action=key.create&amp;page=3#log">Older' in html
+    single = Paginator([1], 20).page(1)
+    assert render_to_string("console/_pager.html", {"page": single}, request=request).strip() == ""
+    shown = render_to_string("console/_pager.html", {"page": single, "always": True, "noun": "event",
+                                                      "nouns": "events"}, request=request)
+    assert "Page 1 of 1 · 1 event<" in shown
