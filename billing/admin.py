@@ -336,37 +336,32 @@ class CreditLedgerEntryAdmin(ReadOnlyAdmin):
 # --- Invoices -----------------------------------------------------------------------------------
 
 
-class InvoiceLineInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown beside their invoice, changed only through the services."""
+
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class InvoiceLineInline(ReadOnlyInline):
     model = InvoiceLine
-    extra = 0
-    can_delete = False
     fields = ["position", "description", "quantity", "unit", "unit_price_description", "amount", "period_of_usage"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
-class PaymentInline(admin.TabularInline):
+class PaymentInline(ReadOnlyInline):
     model = Payment
-    extra = 0
-    can_delete = False
     fields = ["received_on", "amount", "currency", "reference", "recorded_by", "created_at"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
-class CreditNoteInline(admin.TabularInline):
+class CreditNoteInline(ReadOnlyInline):
     model = CreditNote
-    extra = 0
-    can_delete = False
     fields = ["number", "issued_at", "reason", "subtotal", "tax", "amount", "issued_by"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 class VoidForm(forms.Form):
