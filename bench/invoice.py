@@ -1,12 +1,14 @@
-"""Closing a month: 10,000 tenants' invoices (2 deployments × 3 meters × 30 days of rollups each) ÷ one SQL GROUP BY over the same rows.
+"""Closing a month: 10,000 tenants' invoices (2 deployments × 3 meters × 30 days of hourly rollups each) ÷ one SQL GROUP BY over the same rows.
 
 Needs PostgreSQL (DATABASE_URL=postgres://…): a dedicated database is created for the run and
-dropped after. Setup, not timed: migrate, the default USD price book, 10,000 tenants (US, DE and
-IE customers; a few with prepaid credit) and 20,000 deployments through the ORM, then the
-rollups with COPY — ONE ROLLUP PER DAY (hour = midnight UTC): 10,000 × 2 × 3 × 30 = 1.8 million
-rows. Hourly rollups would be 43 million rows, more than this benchmark machine loads in a
-reasonable time; the close reads rollups with one grouped query per chunk of tenants, so its
-cost grows with the rows the same way the baseline's does.
+dropped after. Setup, not timed: migrate, the default USD price book, 10,000 tenants (US, DE,
+IE, FR and JP customers; a few with prepaid credit) and 20,000 deployments through the ORM, then
+the rollups: ONE PER HOUR, as the product stores usage — 10,000 × 2 × 3 × 30 × 24 = 43.2 million
+rows (about 10 GB with indexes; loading takes several minutes). PostgreSQL generates them
+itself into the table stripped of its indexes and constraints, which are rebuilt after.
+`--granularity day` loads one rollup per day instead (1.8 million rows): the close's work is
+the same (the same 60,000 lines) while the baseline reads 24 times fewer rows, so that ratio
+shows the close's fixed cost per invoice.
 
 Timed, in this process, against the same database:
 - baseline: `SELECT tenant_id, meter_id, sum(quantity) FROM billing_usagerollup WHERE
@@ -23,11 +25,10 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import sys
 import time
 import urllib.parse
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from bench.common import (
@@ -59,6 +60,9 @@ HOW_TO_READ = (
 def add_arguments(parser) -> None:
     parser.add_argument("--tenants", type=int, default=10_000, help="tenants (default 10,000)")
     parser.add_argument("--days", type=int, default=30, help="days of rollups per deployment × meter (default 30)")
+    parser.add_argument("--granularity", choices=["hour", "day"], default="hour",
+                        help="one rollup per hour (default: as the product stores usage) or per day (24 times "
+                             "fewer rows to read, so the close's fixed cost per invoice weighs more)")
     parser.add_argument("--chunk", type=int, default=1000, help="tenants per close transaction (default 1,000)")
     parser.add_argument("--profile", action="store_true", help="print where the close spends its time (cProfile)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
@@ -78,12 +82,13 @@ def run(args) -> int:
 
 def _run(args) -> int:
     facts = machine_facts()
-    rows = args.tenants * 2 * len(METERS) * args.days
+    steps_per_day = 24 if args.granularity == "hour" else 1
+    rows = args.tenants * 2 * len(METERS) * args.days * steps_per_day
     with BenchEnvironment(keep=args.keep) as environment:
         facts.update({
             "database": environment.database,
-            "data": f"{args.tenants:,} tenants × 2 deployments × {len(METERS)} meters × {args.days} days = "
-                    f"{rows:,} rollups, ONE PER DAY (hour = midnight UTC), month {PERIOD:%Y-%m}",
+            "data": f"{args.tenants:,} tenants × 2 deployments × {len(METERS)} meters × {args.days} days × "
+                    f"{steps_per_day} = {rows:,} rollups, one per {args.granularity}, month {PERIOD:%Y-%m}",
             "close": f"billing.invoicing.period_close in this process, {args.chunk:,} tenants per transaction",
         })
         print_header("invoice", facts)
@@ -117,18 +122,15 @@ def _django(env: dict) -> None:
 
 
 def _load(args, database_url: str) -> None:
-    """Price book, tenants, deployments (ORM, bulk) and rollups (COPY); then ANALYZE."""
-    import psycopg
-
+    """Price book, tenants, deployments (ORM, bulk), then the rollups (below); then ANALYZE."""
     from billing.invoicing import credit_grant_create
-    from billing.models import BillingProfile, Meter, UsageRollup
+    from billing.models import BillingProfile
     from billing.pricebooks import pricebook_import_default
     from scheduler.models import Deployment
     from tenants.context import system_actor
     from tenants.models import Tenant
 
     pricebook_import_default()
-    rng = random.Random(20261202)
     countries = ["US", "US", "DE", "IE", "FR", "JP"]
     tenants = Tenant.objects.bulk_create([
         Tenant(name=f"Bench {n}", slug=f"bench-{n}", billing_country=countries[n % len(countries)], currency="USD",
@@ -140,30 +142,69 @@ def _load(args, database_url: str) -> None:
     for tenant in tenants[::50]:  # one tenant in 50 has prepaid credit
         credit_grant_create(actor=system_actor(tenant), kind="prepaid", amount=Decimal("25.00"),
                             effective_at=datetime(2026, 1, 1, tzinfo=UTC))
-    deployments = Deployment.objects.bulk_create([
+    Deployment.objects.bulk_create([
         Deployment(tenant=tenant, name=f"serving-{index}", slo_ttft_p95_ms=2000, slo_tpot_p95_ms=100,
                    requests_per_s=1, input_tokens=512, input_tokens_p95=1024, output_tokens=256,
                    output_tokens_p95=512, status="ready")
         for tenant in tenants for index in (1, 2)], batch_size=5000)
-    meters = dict(Meter.objects.filter(slug__in=METERS).values_list("slug", "pk"))
-    columns = [field.column for field in UsageRollup._meta.concrete_fields if field.column != "id"]
-    now = datetime.now(UTC)
+    _load_rollups(args, database_url)
+
+
+# Per rollup, uniform: tokens up to 3 million a day, accelerator-seconds up to the whole step.
+ROLLUP_SQL = """
+INSERT INTO billing_usagerollup (tenant_id, deployment_id, meter_id, tier, dimensions_key, dimensions, hour,
+                                 billing_period, quantity, event_count, latest_time, updated_at)
+SELECT d.tenant_id, d.id, m.id, CASE WHEN m.slug = 'accelerator_seconds' THEN %(tier)s ELSE '' END, '', '{}',
+       step.hour, %(period)s,
+       floor(random() * CASE WHEN m.slug = 'accelerator_seconds' THEN %(step_seconds)s
+                             ELSE 3000000.0 * %(step_seconds)s / 86400 END),
+       1, NULL, now()
+FROM scheduler_deployment d
+CROSS JOIN billing_meter m
+CROSS JOIN generate_series(%(start)s::timestamptz, %(last)s::timestamptz, %(step)s::interval) AS step(hour)
+WHERE m.slug = ANY(%(meters)s)
+"""
+
+
+def _load_rollups(args, database_url: str) -> None:
+    """The rollups, made by PostgreSQL itself (generate_series) — 43 million hourly rows are far
+    too many to send from Python — into the table without its indexes and constraints, which are
+    then rebuilt as they were (as a bulk load does; the same table and indexes as the product's)."""
+    import psycopg
+
+    from billing.models import UsageRollup
+
+    table = UsageRollup._meta.db_table
+    start = datetime(PERIOD.year, PERIOD.month, 1, tzinfo=UTC)
+    step_seconds = 3600 if args.granularity == "hour" else 86400
+    steps = args.days * 86400 // step_seconds
     with psycopg.connect(database_url) as connection, connection.cursor() as cursor:
-        with cursor.copy(f"COPY billing_usagerollup ({', '.join(columns)}) FROM STDIN") as copy:
-            for deployment in deployments:
-                for slug in METERS:
-                    for day in range(args.days):
-                        hour = datetime(PERIOD.year, PERIOD.month, day + 1, tzinfo=UTC)
-                        if slug == "accelerator_seconds":
-                            quantity = Decimal(rng.randrange(0, 86_400))
-                        else:
-                            quantity = Decimal(rng.randrange(0, 3_000_000))
-                        values = {"tenant_id": deployment.tenant_id, "deployment_id": deployment.pk,
-                                  "meter_id": meters[slug], "tier": TIER if slug == "accelerator_seconds" else "",
-                                  "dimensions_key": "", "dimensions": "{}", "hour": hour, "billing_period": PERIOD,
-                                  "quantity": quantity, "event_count": 1, "latest_time": None, "updated_at": now}
-                        copy.write_row([values[column] for column in columns])
-        cursor.execute("ANALYZE")
+        cursor.execute("SET maintenance_work_mem = '1GB'")
+        constraints = cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+            "ORDER BY contype = 'f'", [table]).fetchall()  # primary and unique keys before foreign keys
+        indexes = cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname NOT IN "
+            "(SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass)", [table, table]).fetchall()
+        for name, _ in reversed(constraints):
+            cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        cursor.execute("SELECT setseed(0.20261202)")
+        cursor.execute(ROLLUP_SQL, {
+            "tier": TIER, "period": PERIOD, "step_seconds": step_seconds, "start": start,
+            "last": start + timedelta(seconds=step_seconds * (steps - 1)), "step": f"{step_seconds} seconds",
+            "meters": list(METERS)})
+        for name, definition in constraints:
+            cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        for _, definition in indexes:
+            cursor.execute(definition)
+        rebuilt = cursor.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s", [table]).fetchone()[0]
+        if rebuilt != len(indexes) + sum(1 for _, definition in constraints if not definition.startswith("FOREIGN")):
+            raise BenchmarkFailed(f"{table} did not get its indexes back after the load")
+        connection.commit()
+        connection.autocommit = True
+        cursor.execute("VACUUM ANALYZE")
 
 
 def _baseline(database_url: str) -> float:

@@ -32,13 +32,18 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
+from functools import cache
+from operator import itemgetter
+
+import orjson
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Exists, OuterRef, Q, Sum, Value, When
+from django.db.models import BooleanField, Exists, ExpressionWrapper, Min, OuterRef, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
@@ -98,6 +103,7 @@ def previous_month(period: date) -> date:
     return (period.replace(day=1) - timedelta(days=1)).replace(day=1)
 
 
+@cache
 def period_span(period: date) -> rating.Period:
     """The month as rating's half-open [start, end) in UTC."""
     end = next_month(period)
@@ -124,8 +130,8 @@ class TenantUsage:
 
 def usage_for(tenant_ids: Iterable[int], period: date) -> dict[int, TenantUsage]:
     """The rollups billed on `period`'s invoices of these tenants, summed per meter × deployment
-    × tier: one grouped scan of the month, which also says which tenants have late usage of
-    earlier months (rare); theirs is then summed per month of usage."""
+    × tier: one grouped scan of the month, whose earliest hour per group also says which tenants
+    have late usage of earlier months (rare); theirs is then read again, summed per month."""
     start = period_span(period).start
     meters = _meter_slugs()
     wanted = set(tenant_ids)
@@ -135,28 +141,55 @@ def usage_for(tenant_ids: Iterable[int], period: date) -> dict[int, TenantUsage]
     keys = ("tenant_id", "deployment_id", "meter_id", "tier")
     usage: dict[int, TenantUsage] = defaultdict(TenantUsage)
     late_tenants = set()
-    rows = (rollups.annotate(is_late=Case(When(hour__lt=start, then=Value(True)), default=Value(False)))
-            .values_list(*keys, "is_late").annotate(quantity=Sum("quantity")).order_by())
-    for tenant_id, deployment_id, meter_id, tier, is_late, quantity in rows:
+    with transaction.atomic(), _settings_for_large_aggregates():
+        rows = list(rollups.values_list(*keys).alias(first_hour=Min("hour"))
+                    .annotate(has_late=ExpressionWrapper(Q(first_hour__lt=start), output_field=BooleanField()),
+                              quantity=Sum("quantity")).order_by())
+    for tenant_id, deployment_id, meter_id, tier, has_late, quantity in rows:
         if tenant_id not in wanted:
             continue
-        if is_late:
+        if has_late:
             late_tenants.add(tenant_id)
         else:
             usage[tenant_id].regular.append(
                 rating.Quantity(meters[meter_id], _deployment_key(deployment_id), tier or None, quantity))
     if late_tenants:
-        late = (UsageRollup.objects.filter(billing_period=period, tenant_id__in=late_tenants, hour__lt=start)
-                .annotate(usage_month=TruncMonth("hour", tzinfo=UTC))
-                .values_list(*keys, "usage_month").annotate(quantity=Sum("quantity")).order_by())
-        for tenant_id, deployment_id, meter_id, tier, usage_month, quantity in late:
-            usage[tenant_id].late[month_start(usage_month)].append(
-                rating.Quantity(meters[meter_id], _deployment_key(deployment_id), tier or None, quantity))
+        by_month = (UsageRollup.objects.filter(billing_period=period, tenant_id__in=late_tenants)
+                    .annotate(usage_month=TruncMonth("hour", tzinfo=UTC))
+                    .values_list(*keys, "usage_month").annotate(quantity=Sum("quantity")).order_by())
+        for tenant_id, deployment_id, meter_id, tier, usage_month, quantity in by_month:
+            record = rating.Quantity(meters[meter_id], _deployment_key(deployment_id), tier or None, quantity)
+            if month_start(usage_month) == period:
+                usage[tenant_id].regular.append(record)
+            else:
+                usage[tenant_id].late[month_start(usage_month)].append(record)
     return usage
+
+
+@contextmanager
+def _settings_for_large_aggregates():
+    """PostgreSQL, for the rest of the transaction: memory for hashing a whole month's groups (the
+    default 4 MB spills them to disk) and no JIT (compiling costs more than it saves here)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+            cursor.execute("SET LOCAL jit = off")
+    yield
 
 
 def _meter_slugs() -> dict[int, str]:
     return dict(Meter.objects.values_list("pk", "slug"))
+
+
+def _among_tenants(tenant_ids: Iterable[int], field: str = "tenant_id") -> Q:
+    """A filter that keeps at least these tenants: a short IN list, or for a chunk of thousands
+    (sorted and nearly contiguous in the close) their id range — a query of constant size, where
+    an IN list of thousands costs more to build and parse than to run. Callers drop the extra
+    tenants a range lets in."""
+    ids = list(tenant_ids)
+    if len(ids) <= 64:
+        return Q(**{f"{field}__in": ids})
+    return Q(**{f"{field}__gte": min(ids), f"{field}__lte": max(ids)})
 
 
 # --- Computing an invoice -----------------------------------------------------------------------
@@ -257,10 +290,13 @@ COMPUTE_ERRORS = (NoPriceBook, rating.RatingError, rating.PriceError, CurrencyEr
 
 def _grants_for(tenant_ids: Iterable[int]) -> dict[int, list[rating.CreditGrant]]:
     """Each tenant's grants with a positive balance (Σ of the ledger), as rating's CreditGrant."""
-    rows = (CreditGrant.objects.filter(tenant_id__in=list(tenant_ids)).annotate(balance=Sum("ledger__amount"))
+    wanted = set(tenant_ids)
+    rows = (CreditGrant.objects.filter(_among_tenants(wanted)).annotate(balance=Sum("ledger__amount"))
             .filter(balance__gt=0))
     grants: dict[int, list[rating.CreditGrant]] = defaultdict(list)
     for grant in rows:
+        if grant.tenant_id not in wanted:
+            continue
         grants[grant.tenant_id].append(rating.CreditGrant(
             id=str(grant.pk), currency=grant.currency, available=grant.balance, effective_at=grant.effective_at,
             expires_at=grant.expires_at, priority=grant.priority))
@@ -268,7 +304,12 @@ def _grants_for(tenant_ids: Iterable[int]) -> dict[int, list[rating.CreditGrant]
 
 
 def _profiles_for(tenant_ids: Iterable[int]) -> dict[int, BillingProfile]:
-    return {profile.tenant_id: profile for profile in BillingProfile.objects.filter(tenant_id__in=list(tenant_ids))}
+    """The fields of each tenant's billing profile that an invoice uses (rows, not model objects:
+    the close reads thousands)."""
+    wanted = set(tenant_ids)
+    rows = (BillingProfile.objects.filter(_among_tenants(wanted))
+            .values_list("tenant_id", "legal_name", "address", "vat_id", "is_business", "invoice_email", named=True))
+    return {row.tenant_id: row for row in rows if row.tenant_id in wanted}
 
 
 # --- Writing lines ------------------------------------------------------------------------------
@@ -288,10 +329,13 @@ class _LineContext:
 
 def _line_context(computed: list[Computed]) -> _LineContext:
     """Meters by slug and the deployments' names (deleted ones too: invoices name them)."""
-    deployment_ids = {int(line.deployment) for item in computed for line in item.lines if line.deployment}
-    names = Deployment.all_objects.filter(pk__in=deployment_ids).values_list("pk", "name")
+    names = (Deployment.all_objects.filter(_among_tenants(item.tenant.pk for item in computed))
+             .values_list("pk", "name"))
     return _LineContext(meters={meter.slug: meter for meter in Meter.objects.all()},
                         deployments={pk: _DeploymentName(pk, name) for pk, name in names})
+
+
+_USAGE_KIND, _SHORTFALL_KIND = InvoiceLine.Kind.USAGE.value, InvoiceLine.Kind.COMMITMENT_SHORTFALL.value
 
 
 def _line_rows(invoice: Invoice, item: Computed, context: _LineContext, cache: "RunCache") -> list[dict]:
@@ -311,7 +355,7 @@ def _line_rows(invoice: Invoice, item: Computed, context: _LineContext, cache: "
         rows.append({
             "tenant_id": invoice.tenant_id, "public_id": uuid.uuid4(), "invoice_id": invoice.pk,
             "position": position,
-            "kind": InvoiceLine.Kind.USAGE if line.kind == rating.USAGE else InvoiceLine.Kind.COMMITMENT_SHORTFALL,
+            "kind": _USAGE_KIND if line.kind == rating.USAGE else _SHORTFALL_KIND,
             "description": description[:300], "meter_id": meter.pk if meter else None,
             "deployment_id": deployment.pk if deployment else None,
             "deployment_name": deployment.name if deployment else "", "hardware_tier": line.hardware_tier or "",
@@ -385,12 +429,15 @@ def _insert_lines(rows: list[dict]) -> None:
         InvoiceLine.objects.bulk_create([InvoiceLine(**row) for row in rows], batch_size=2000)
         return
     columns = ", ".join(connection.ops.quote_name(field.column) for field in _LINE_FIELDS)
-    names = [field.attname for field in _LINE_FIELDS]
-    json_names = {field.attname for field in _LINE_FIELDS if field.get_internal_type() == "JSONField"}
+    values_of = itemgetter(*(field.attname for field in _LINE_FIELDS))
+    json_positions = [index for index, field in enumerate(_LINE_FIELDS) if field.get_internal_type() == "JSONField"]
     with connection.cursor() as cursor, \
             cursor.cursor.copy(f"COPY {InvoiceLine._meta.db_table} ({columns}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row([json.dumps(row[name]) if name in json_names else row[name] for name in names])
+            values = list(values_of(row))
+            for index in json_positions:
+                values[index] = orjson.dumps(values[index]).decode()
+            copy.write_row(values)
 
 
 def _snapshot_row(book: rating.PriceBook, cache: RunCache) -> PriceBookSnapshot:
@@ -425,18 +472,25 @@ AMOUNT_FIELDS = ["currency", "subtotal", "credits_applied", "tax_rate", "tax", "
                  "price_book", "computed_at", "close_error"]
 
 
-def _ensure_drafts(period: date, tenant_ids: list[int]) -> None:
+def _ensure_drafts(period: date, tenant_ids: list[int], *, claim: tuple[uuid.UUID, datetime] | None = None) -> None:
     """A draft invoice for each of these tenants that has none for `period` (races are harmless:
-    the one-per-tenant-and-month constraint keeps the first). PostgreSQL: one INSERT … SELECT."""
+    the one-per-tenant-and-month constraint keeps the first). With `claim` (token, now), the new
+    drafts are created already claimed by that run, which saves rewriting them at once (`_claim`).
+    PostgreSQL: one INSERT … SELECT."""
     if not tenant_ids:
         return
+    claimed = {}
+    if claim is not None:
+        claimed = {"invoicing_status": Invoice.InvoicingStatus.FINALIZING, "claim_token": claim[0],
+                   "claimed_at": claim[1]}
     if connection.vendor != "postgresql":
         currencies = dict(Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", "currency"))
-        Invoice.objects.bulk_create([Invoice(tenant_id=tenant_id, period=period, currency=currencies[tenant_id])
-                                     for tenant_id in tenant_ids], ignore_conflicts=True, batch_size=2000)
+        Invoice.objects.bulk_create([Invoice(tenant_id=tenant_id, period=period, currency=currencies[tenant_id],
+                                             **claimed) for tenant_id in tenant_ids],
+                                    ignore_conflicts=True, batch_size=2000)
         return
     # Every other column gets the value a new Invoice() has: the model stays the one source of defaults.
-    template = Invoice(period=period)
+    template = Invoice(period=period, **claimed)
     fixed = [field for field in Invoice._meta.concrete_fields
              if field.attname not in ("id", "tenant_id", "public_id", "currency")]
     quote = connection.ops.quote_name
@@ -574,13 +628,20 @@ class CloseReport:
     failed: dict[int, str] = field(default_factory=dict)  # tenant id → why
 
 
-def _claim(period: date, tenant_ids: list[int], token: uuid.UUID, now: datetime) -> int:
-    """Claim these tenants' drafts for this run (one conditional UPDATE, committed at once): idle
-    ones, and ones whose claim is stale (a crashed run's). How many were claimed."""
+def _claim(period: date, tenant_ids: list[int], token: uuid.UUID, now: datetime, *, every_draft: bool = False) -> int:
+    """Claim these tenants' drafts of `period` for this run, committed at once: new drafts are
+    created claimed; existing ones are claimed with one conditional UPDATE — idle ones, and ones
+    whose claim is stale (a crashed run's). `every_draft`: the UPDATE takes every draft of the
+    month (the close, whose `tenant_ids` include them all) rather than a list of thousands.
+    How many drafts this run holds."""
+    _ensure_drafts(period, tenant_ids, claim=(token, now))
     stale = now - timedelta(minutes=settings.SWITCHYARD_INVOICE_CLAIM_STALE_MINUTES)
-    return (Invoice.objects.filter(period=period, tenant_id__in=tenant_ids, status=Invoice.Status.DRAFT)
-            .filter(Q(invoicing_status=Invoice.InvoicingStatus.IDLE) | Q(claimed_at__lt=stale))
-            .update(invoicing_status=Invoice.InvoicingStatus.FINALIZING, claimed_at=now, claim_token=token))
+    drafts = Invoice.objects.filter(period=period, status=Invoice.Status.DRAFT)
+    if not every_draft:
+        drafts = drafts.filter(tenant_id__in=tenant_ids)
+    (drafts.filter(Q(invoicing_status=Invoice.InvoicingStatus.IDLE) | Q(claimed_at__lt=stale))
+     .update(invoicing_status=Invoice.InvoicingStatus.FINALIZING, claimed_at=now, claim_token=token))
+    return Invoice.objects.filter(period=period, claim_token=token, status=Invoice.Status.DRAFT).count()
 
 
 def period_close(*, period: date | None = None, now: datetime | None = None, chunk_size: int = 1000) -> CloseReport:
@@ -597,10 +658,9 @@ def period_close(*, period: date | None = None, now: datetime | None = None, chu
         if month >= current:
             raise ServiceError(f"{month:%Y-%m} is not over yet: only past months can be closed.", field="period")
         tenant_ids = tenants_to_close(month)
-        _ensure_drafts(month, tenant_ids)
         token = uuid.uuid4()
-        claimed = _claim(month, tenant_ids, token, now)
-        report.skipped += len(tenant_ids) - claimed
+        claimed = _claim(month, tenant_ids, token, now, every_draft=True)
+        report.skipped += max(0, len(tenant_ids) - claimed)
         if claimed:
             _close_claimed(month, token, now, cache, report, chunk_size)
     credit_expire_due(now=now)
@@ -614,6 +674,12 @@ def _close_periods(period: date, tenant_ids: list[int], now: datetime) -> None:
     rollups of these tenants no longer change, so they can be read (and re-read by a retry)."""
     with transaction.atomic():
         _exclusive_billing_period_lock()
+        if connection.vendor == "postgresql":  # one statement instead of building ten thousand objects
+            with connection.cursor() as cursor:
+                cursor.execute(f"INSERT INTO {ClosedPeriod._meta.db_table} (tenant_id, period, closed_at) "
+                               f"SELECT tenant_id, %s, %s FROM unnest(%s::bigint[]) AS tenant_id "
+                               f"ON CONFLICT DO NOTHING", [period, now, tenant_ids])
+            return
         ClosedPeriod.objects.bulk_create([ClosedPeriod(tenant_id=tenant_id, period=period, closed_at=now)
                                           for tenant_id in tenant_ids], ignore_conflicts=True, batch_size=5000)
 
@@ -636,7 +702,8 @@ def _finalize_chunk(period: date, token: uuid.UUID, tenant_ids: list[int], usage
     failed: dict[int, str] = {}
     with transaction.atomic():
         drafts = list(Invoice.objects.select_for_update(of=("self",)).select_related("tenant")
-                      .filter(period=period, tenant_id__in=tenant_ids, claim_token=token,
+                      # A slice of the claimed tenants, sorted: their range holds no other claimed draft.
+                      .filter(_among_tenants(tenant_ids), period=period, claim_token=token,
                               status=Invoice.Status.DRAFT).order_by("tenant_id"))
         ids = [draft.tenant_id for draft in drafts]
         grants, profiles = _grants_for(ids), _profiles_for(ids)
@@ -705,7 +772,7 @@ def _emit_finalized(invoices: list[Invoice]) -> None:
     writes the deliveries, sent after commit). One query finds who listens at all."""
     from tenants.webhooks import webhook_emit
 
-    listening = set(WebhookEndpoint.objects.filter(tenant_id__in=[invoice.tenant_id for invoice in invoices],
+    listening = set(WebhookEndpoint.objects.filter(_among_tenants(invoice.tenant_id for invoice in invoices),
                                                    is_active=True).values_list("tenant_id", flat=True))
     for invoice in invoices:
         if invoice.tenant_id in listening:

@@ -53,15 +53,17 @@ def validate_currency(currency: object) -> str:
     return currency
 
 
+@cache
 def quantum(currency: str) -> Decimal:
     """The currency's smallest unit as a Decimal: 0.01 for USD, 1 for JPY, 0.001 for KWD."""
     return Decimal(1).scaleb(-minor_units(currency))
 
 
 def _require_decimal(amount: object) -> Decimal:
-    if isinstance(amount, bool) or not isinstance(amount, (Decimal, int)):
-        raise TypeError(f"money must be a Decimal (or int), not {type(amount).__name__} {amount!r}")
-    amount = Decimal(amount)
+    if type(amount) is not Decimal:  # the common case first: rating calls this per line
+        if isinstance(amount, bool) or not isinstance(amount, (Decimal, int)):
+            raise TypeError(f"money must be a Decimal (or int), not {type(amount).__name__} {amount!r}")
+        amount = Decimal(amount)
     if not amount.is_finite():
         raise CurrencyError(f"money must be a finite number, not {amount}.")
     return amount
@@ -84,10 +86,11 @@ def is_rounded(amount: Decimal, currency: str) -> bool:
 
 def require_rounded(amount: Decimal, currency: str, what: str = "amount") -> Decimal:
     """`amount` unchanged when it fits the currency's minor units; else CurrencyError naming `what`."""
-    if not is_rounded(amount, currency):
+    amount = _require_decimal(amount)
+    if amount != amount.quantize(quantum(currency), rounding=ROUND_HALF_UP, context=_ROUNDING):
         raise CurrencyError(f"{what}: {amount} has more decimal places than {currency} has "
                             f"({minor_units(currency)}).")
-    return _require_decimal(amount)
+    return amount
 
 
 def to_minor(amount: Decimal, currency: str) -> int:
@@ -97,5 +100,4 @@ def to_minor(amount: Decimal, currency: str) -> int:
 
 def from_minor(count: int, currency: str) -> Decimal:
     """An integer count of minor units as an amount (1234, USD → 12.34)."""
-    return Decimal(count).scaleb(-minor_units(currency), context=_ROUNDING).quantize(
-        quantum(currency), context=_ROUNDING)
+    return Decimal(count).scaleb(-minor_units(currency), context=_ROUNDING)

@@ -523,8 +523,9 @@ def allocate(total: Decimal, weights: Mapping[K, Decimal], currency: str) -> dic
     if len(keys) == 1:
         return {keys[0]: total}
     sign, units = (-1 if units < 0 else 1), abs(units)
-    exponent = min(weights[key].as_tuple().exponent for key in keys)
-    scaled = {key: int(weights[key].scaleb(-exponent)) for key in keys}
+    exponent = min(0, *(weights[key].as_tuple().exponent for key in keys))
+    # Whole quantities (the usual case) are their own integer weights.
+    scaled = {key: int(weights[key].scaleb(-exponent)) if exponent else int(weights[key]) for key in keys}
     weight_sum = sum(scaled.values())
     if weight_sum == 0:
         raise RatingError("cannot allocate an amount over zero weights.")
@@ -538,10 +539,13 @@ def allocate(total: Decimal, weights: Mapping[K, Decimal], currency: str) -> dic
     return {key: from_minor(sign * shares[key], currency) for key in keys}
 
 
+_NONE_FIRST = ("", "")
+
+
 def _sort_key(value):
     """Sorts tuples that may hold None (None before any string)."""
-    if isinstance(value, tuple):
-        return tuple(("", "") if part is None else ("~", part) for part in value)
+    if type(value) is tuple:
+        return tuple([_NONE_FIRST if part is None else ("~", part) for part in value])
     return value
 
 
@@ -551,27 +555,26 @@ Pools = dict[tuple[str, str | None], dict[tuple[str, str, str | None], Decimal]]
 
 
 def _pool(quantities: Iterable[Quantity], book: PriceBook) -> Pools:
-    """Quantities grouped by the price they resolve to, then added up per line key; zeros dropped."""
+    """Quantities grouped by the price they resolve to, then added up per line key; zeros dropped.
+    (Like `_pool_total`, only called by rating's entry points, which run in EXACT.)"""
     pools: Pools = {}
-    with localcontext(EXACT):
-        for record in quantities:
-            if not isinstance(record, Quantity):
-                raise RatingError(f"expected a Quantity, not {record!r}.")
-            if record.quantity == 0:
-                continue
-            price = book.price_for(record.meter, record.hardware_tier)
-            if price is None:
-                on = f" on {record.hardware_tier}" if record.hardware_tier else ""
-                raise RatingError(f"price book {book.name!r} has no price for {record.meter}{on} "
-                                  f"(deployment {record.deployment}).")
-            lines = pools.setdefault(price.key, {})
-            lines[record.line_key] = lines.get(record.line_key, ZERO) + record.quantity
+    for record in quantities:
+        if not isinstance(record, Quantity):
+            raise RatingError(f"expected a Quantity, not {record!r}.")
+        if record.quantity == 0:
+            continue
+        price = book.price_for(record.meter, record.hardware_tier)
+        if price is None:
+            on = f" on {record.hardware_tier}" if record.hardware_tier else ""
+            raise RatingError(f"price book {book.name!r} has no price for {record.meter}{on} "
+                              f"(deployment {record.deployment}).")
+        lines = pools.setdefault(price.key, {})
+        lines[record.line_key] = lines.get(record.line_key, ZERO) + record.quantity
     return pools
 
 
 def _pool_total(pool: Mapping) -> Decimal:
-    with localcontext(EXACT):
-        return sum(pool.values(), ZERO)
+    return sum(pool.values(), ZERO)
 
 
 def _describe(meter: str, deployment: str, hardware_tier: str | None, period: Period | None = None) -> str:
@@ -592,7 +595,7 @@ def _charge_lines(price: Price, shares_of: Mapping, amount: Decimal, book: Price
              price_model=price.model, price_hardware_tier=price.hardware_tier,
              charge_quantity=charge_quantity, charge_amount=amount, discount_percent=book.discount_percent,
              period_of_usage=period_of_usage)
-        for key in sorted(shares_of, key=_sort_key)
+        for key in shares  # in the key order `allocate` sorted them in
     ]
 
 
