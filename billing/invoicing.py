@@ -6,9 +6,10 @@ Closing a month (`period_close`, a beat task; idempotent):
 
 1. For each month before the current one that has a tenant with unclosed usage, an open
    draft, or a contract with a minimum commitment, make sure each such tenant has a draft
-   invoice (one per tenant and month: a database constraint).
-2. Claim those drafts in one conditional UPDATE (invoicing_status idle → finalizing, with a
-   claim token and claimed_at). A draft another run holds is skipped; a claim older than
+   invoice (one per tenant and month: a database constraint); a missing one is created
+   already claimed by this run (step 2).
+2. Claim the existing drafts in one conditional UPDATE (invoicing_status idle → finalizing,
+   with a claim token and claimed_at). A draft another run holds is skipped; a claim older than
    SWITCHYARD_INVOICE_CLAIM_STALE_MINUTES is a crashed run's and is taken over.
 3. Close the month for the claimed tenants: ClosedPeriod rows, written under the EXCLUSIVE
    billing-period advisory lock that ingestion holds SHARED while it picks an event's billing
