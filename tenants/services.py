@@ -320,7 +320,9 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> tuple[Invitatio
         expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
     )
     audit_record(actor=actor, action="invitation.create", obj=invitation, changes={"email": email, "role": role})
-    transaction.on_commit(lambda: _send_invitation_email(invitation, token))
+    # robust: a mail server that is down must not turn a created invitation into a 500; the
+    # failure is logged, and the inviter can revoke and invite again.
+    transaction.on_commit(lambda: _send_invitation_email(invitation, token), robust=True)
     return invitation, token
 
 

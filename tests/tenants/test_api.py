@@ -4,6 +4,7 @@ import gzip
 
 import pytest
 from django.core import mail
+from django.core.mail.backends.base import BaseEmailBackend
 from django.test import override_settings
 
 from tests.factories import MembershipFactory, UserFactory
@@ -195,6 +196,21 @@ def test_invitation_is_emailed_and_revocable(tenant_a, django_capture_on_commit_
     assert again.status_code == 409
     assert tenant_a.api.delete(f"/api/v1/invitations/{invitation['id']}").status_code == 204
     assert Invitation.objects.get(public_id=invitation["id"]).state == "revoked"
+
+
+class UnreachableMailServer(BaseEmailBackend):
+    def send_messages(self, email_messages):
+        raise ConnectionRefusedError("SMTP server unreachable")
+
+
+@override_settings(EMAIL_BACKEND="tests.tenants.test_api.UnreachableMailServer")
+def test_invitation_survives_a_mail_server_that_is_down(tenant_a, django_capture_on_commit_callbacks, caplog):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = tenant_a.api.post("/api/v1/invitations", {"email": "late@example.com", "role": "viewer"},
+                                     format="json")
+    assert response.status_code == 201, response.content
+    assert Invitation.objects.get(public_id=response.json()["id"]).state == "pending"
+    assert "SMTP server unreachable" in caplog.text
 
 
 def test_key_cannot_invite_an_owner(tenant_a):
