@@ -218,6 +218,9 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 API_MAX_BODY_BYTES = env.int("SWITCHYARD_API_MAX_BODY_BYTES", default=1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 API_RATE_LIMIT = env.str("SWITCHYARD_API_RATE_LIMIT", default="1200/minute")
+# Password guessing and reset-mail flooding: counted per client address and per email address.
+LOGIN_RATE_LIMIT = env.str("SWITCHYARD_LOGIN_RATE_LIMIT", default="10/minute")
+PASSWORD_RESET_RATE_LIMIT = env.str("SWITCHYARD_PASSWORD_RESET_RATE_LIMIT", default="5/hour")
 IDEMPOTENCY_TTL_HOURS = 24
 
 REST_FRAMEWORK = {

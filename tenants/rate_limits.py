@@ -56,12 +56,25 @@ def rate_counter_hit(bucket: str, ttl: int) -> int:
     return _hit_redis(bucket, ttl) if settings.REDIS_URL else _hit_database(bucket, ttl)
 
 
-def rate_bucket(principal: str) -> tuple[str, int, float]:
-    """(bucket name, its TTL, seconds until the window ends) for a principal, now."""
-    _limit, period = parse_rate(settings.API_RATE_LIMIT)
+def rate_bucket(principal: str, rate: str | None = None) -> tuple[str, int, float]:
+    """(bucket name, its TTL, seconds until the window ends) for a principal, now, under `rate`
+    (default: the API's)."""
+    _limit, period = parse_rate(rate or settings.API_RATE_LIMIT)
     now = time.time()
     window = int(now // period)
     return f"throttle:{principal}:{period}:{window}", period * 2, (window + 1) * period - now
+
+
+def attempts_exceeded(principals: list[str], rate: str) -> float | None:
+    """Count one attempt for each principal (e.g. the client's address and the account it names)
+    under `rate`; the seconds to wait when any of them is over its limit, else None."""
+    limit, _period = parse_rate(rate)
+    wait = None
+    for principal in principals:
+        bucket, ttl, retry_after = rate_bucket(principal, rate)
+        if rate_counter_hit(bucket, ttl) > limit:
+            wait = max(wait or 0.0, retry_after)
+    return wait
 
 
 # Where API-key authentication leaves the count it already took, in the Redis round trip

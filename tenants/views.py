@@ -8,6 +8,7 @@ named in a URL is fetched with `owned_or_404`, so another tenant's object is a
 """
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
@@ -53,6 +54,7 @@ from tenants.forms import (
     add_service_error,
 )
 from tenants.models import ApiKey, Invitation, Membership, User, WebhookDelivery, WebhookEndpoint
+from tenants.rate_limits import attempts_exceeded
 from tenants.requests import actor_for_request, client_ip, memberships_of, select_tenant
 from tenants.roles import Role, Scope, may_assign_role
 from tenants.scoping import NotFound, get_owned
@@ -118,13 +120,40 @@ def _safe_next_url(request, url: str | None) -> str | None:
 # --- Accounts -----------------------------------------------------------------------------
 
 
-class LoginView(auth_views.LoginView):
+class AttemptLimitMixin:
+    """Refuse a form POST with 429 once its client address or the email it names has made
+    `rate` attempts in the window (tenants.rate_limits), before the form is even checked."""
+
+    rate_setting: str
+    email_field: str
+
+    def post(self, request, *args, **kwargs):
+        email = (request.POST.get(self.email_field) or "").strip().casefold()
+        principals = [f"{self.rate_setting}:ip:{client_ip(request)}"]
+        if email:
+            principals.append(f"{self.rate_setting}:email:{email}")
+        wait = attempts_exceeded(principals, getattr(settings, self.rate_setting))
+        if wait is None:
+            return super().post(request, *args, **kwargs)
+        # An unbound form with the email typed: checking the bound one would try the password.
+        kwargs = {key: value for key, value in self.get_form_kwargs().items() if key not in ("data", "files")}
+        kwargs["initial"] = {**kwargs.get("initial", {}), self.email_field: email}
+        context = self.get_context_data(form=self.get_form_class()(**kwargs),
+                                        attempts_error=f"Too many attempts. Try again in {math.ceil(wait)} seconds.")
+        response = self.render_to_response(context, status=429)
+        response["Retry-After"] = str(math.ceil(wait))
+        return response
+
+
+class LoginView(AttemptLimitMixin, auth_views.LoginView):
     authentication_form = EmailAuthenticationForm
     redirect_authenticated_user = True
+    rate_setting, email_field = "LOGIN_RATE_LIMIT", "username"
 
 
-class PasswordResetView(auth_views.PasswordResetView):
+class PasswordResetView(AttemptLimitMixin, auth_views.PasswordResetView):
     form_class = EmailPasswordResetForm
+    rate_setting, email_field = "PASSWORD_RESET_RATE_LIMIT", "email"
     email_template_name = "registration/password_reset_email.txt"
     subject_template_name = "registration/password_reset_subject.txt"
 
