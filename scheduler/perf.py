@@ -40,8 +40,10 @@ ACTIVATION_TENSORS = 12
 
 TENSOR_PARALLEL_DEGREES = (1, 2, 4, 8, 16)
 
-# vLLM's default max_num_seqs: a replica never runs more requests at once, whatever memory
-# allows. The simulated fleet and the autoscaling benchmark run their engines with it too.
+# vLLM's max_num_seqs: a replica never runs more requests at once, whatever memory allows.
+# 256 is vLLM's default on most GPUs, but recent vLLM defaults to 1024 on GPUs of ≥ 70 GiB
+# other than A100, so the Kubernetes driver passes it to GPU engines explicitly. The simulated
+# fleet and the autoscaling benchmark run their engines with it too.
 MAX_NUM_SEQS = 256
 
 

@@ -46,6 +46,7 @@ from scheduler.fleet.base import (
     SpecError,
     model_argument,
 )
+from scheduler.perf import MAX_NUM_SEQS
 
 # vLLM's OpenAI-compatible server for NVIDIA GPUs, pinned (vLLM 0.33.0 on PyPI, 2026-11).
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
@@ -69,11 +70,17 @@ class Vendor:
     resource: str  # the device plugin's extended resource
     taint: str  # the taint key accelerator node pools carry (tolerated with Exists/NoSchedule)
     cores_per_device: int = 1  # vLLM's tensor-parallel unit per device (Neuron: NeuronCores)
+    # Pass --max-num-seqs MAX_NUM_SEQS. On GPUs vLLM's paged KV cache makes it a cap on running
+    # requests only, but its default depends on the device: 1024 on GPUs of ≥ 70 GiB other than
+    # A100 (H100, H200, MI300X), 256 elsewhere — and the performance model, the simulated fleet and
+    # the autoscaler's target all assume 256. The NPU backends size compiled batch shapes or
+    # warm-up buckets by it, so their images keep their own defaults.
+    caps_running_requests: bool = False
 
 
 VENDORS = {
-    "nvidia": Vendor("nvidia.com/gpu", "nvidia.com/gpu"),
-    "amd": Vendor("amd.com/gpu", "amd.com/gpu"),
+    "nvidia": Vendor("nvidia.com/gpu", "nvidia.com/gpu", caps_running_requests=True),
+    "amd": Vendor("amd.com/gpu", "amd.com/gpu", caps_running_requests=True),
     "intel": Vendor("habana.ai/gaudi", "habana.ai/gaudi"),
     # Inferentia2: the catalog counts devices (32 GB each); vLLM's TP counts NeuronCores, 2 per device.
     "aws": Vendor("aws.amazon.com/neuron", "aws.amazon.com/neuron", cores_per_device=2),
@@ -227,6 +234,8 @@ def vllm_args(spec: ReplicaSpec, vendor: Vendor) -> list[str]:
         args += ["--kv-cache-dtype", "fp8"]  # the performance model assumes an FP8 KV cache with FP8 weights
     if spec.max_model_len:
         args += ["--max-model-len", str(spec.max_model_len)]
+    if vendor.caps_running_requests:
+        args += ["--max-num-seqs", str(MAX_NUM_SEQS)]
     args += ["--port", str(PORT)]
     return args
 

@@ -15,6 +15,7 @@ from scheduler.fleet.kubernetes import (
     render_manifests,
     resource_name,
 )
+from scheduler.perf import MAX_NUM_SEQS
 from tests.scheduler.fleet.conftest import make_spec
 
 IMAGES = {"amd": "registry.example/vllm-rocm:1", "intel": "registry.example/vllm-gaudi:1",
@@ -161,6 +162,17 @@ def test_optional_arguments():
     deployment, _ = rendered(make_spec(served_model_name="chat", max_model_len=8192))
     args = container(deployment)["args"]
     assert (arg(args, "--served-model-name"), arg(args, "--max-model-len")) == ("chat", "8192")
+
+
+@pytest.mark.parametrize(("hardware", "expected"), [
+    # vLLM's own default would be 1024 on the ≥ 70 GiB GPUs: the model assumes MAX_NUM_SEQS.
+    ("h100-80gb", str(MAX_NUM_SEQS)), ("l4-24gb", str(MAX_NUM_SEQS)), ("mi300x-192gb", str(MAX_NUM_SEQS)),
+    # NPU backends compile batch shapes from it: their images keep their own defaults.
+    ("gaudi3-128gb", None), ("inf2-32gb", None), ("tpu-v5e-16gb", None),
+])
+def test_gpu_engines_run_at_most_the_requests_the_performance_model_assumes(hardware, expected):
+    deployment, _ = rendered(make_spec(hardware=hardware))
+    assert arg(container(deployment)["args"], "--max-num-seqs") == expected
 
 
 def test_unpinned_replicas_select_their_zone():
