@@ -1,7 +1,8 @@
-"""Billing's read API, for tenants (`read` scope): meter definitions (GET /api/v1/meters), usage
-(GET /api/v1/usage, JSON or CSV) and a deployment's metrics (GET /api/v1/deployments/{id}/metrics).
-They read rollups only, never raw usage events. Ingestion (POST /api/v1/usage/events, for the
-fleet's service tokens) is in billing/ingest_api.py.
+"""Billing's API for tenants. Reads (`read` scope): meter definitions (GET /api/v1/meters), usage
+(GET /api/v1/usage, JSON or CSV) and a deployment's metrics (GET /api/v1/deployments/{id}/metrics),
+from rollups only, never raw usage events. Money (`billing` scope): prices, credits, invoices and
+their drill-down (read-only), budgets, and the billing profile (GET/PATCH /api/v1/billing/profile).
+Ingestion (POST /api/v1/usage/events, for the fleet's service tokens) is in billing/ingest_api.py.
 """
 
 import csv
@@ -17,7 +18,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from billing import budgets, documents, selectors
+from billing import budgets, documents, profiles, selectors
 from billing.metrics import smallest_step_for, step_count
 from billing.models import Budget, Invoice
 from billing.pagination import (
@@ -1038,3 +1039,80 @@ class BudgetLiftView(BudgetView):
         data = valid(BudgetLiftInput, request.data)
         budgets.budget_lift(actor=self.actor, budget=budget, reason=data.get("reason", ""))
         return _budget_response(budget)
+
+
+# --- billing profile ----------------------------------------------------------------------------
+
+COUNTRY_HELP = ("ISO 3166-1 alpha-2 code of the country invoices are addressed to (the tenant's billing country); "
+                "it decides the VAT rate.")
+VAT_ID_HELP = ("With its country prefix, e.g. DE136695976. For an EU country it must be a valid VAT id of that "
+               "country (format and check digits, python-stdnum): only then does a business get the reverse charge. "
+               "Stored compact (no spaces). Outside the EU it is printed as given.")
+
+
+class TaxPreviewOutput(serializers.Serializer):
+    rate_percent = serializers.CharField(help_text="The VAT rate an invoice would carry now, in percent.")
+    scheme = serializers.ChoiceField(choices=["domestic", "reverse_charge", "eu_destination", "outside_eu_business",
+                                              "outside_eu_consumer"])
+    reverse_charge = serializers.BooleanField()
+    note = serializers.CharField(allow_blank=True, help_text="Printed on the invoice; empty when none is needed.")
+    reason = serializers.CharField(help_text="Why this rate.")
+
+
+class BillingProfileOutput(serializers.Serializer):
+    legal_name = serializers.CharField(allow_blank=True, help_text="Empty: the tenant's name is printed.")
+    address = serializers.CharField(allow_blank=True)
+    country = serializers.CharField(help_text=COUNTRY_HELP)
+    vat_id = serializers.CharField(allow_blank=True, help_text=VAT_ID_HELP)
+    is_business = serializers.BooleanField(help_text="A business (B2B) rather than a consumer.")
+    invoice_email = serializers.CharField(allow_blank=True, help_text="Where invoices are sent; empty: the owners.")
+    tax = TaxPreviewOutput(allow_null=True, help_text="The tax that applies with this profile now (billing.tax); "
+                                                      "null only when it cannot be decided (see tax_problem).")
+    tax_problem = serializers.CharField(allow_blank=True, help_text="Why the tax cannot be decided; empty when it can.")
+    updated_at = serializers.DateTimeField(allow_null=True, help_text="null: never changed (the defaults apply).")
+
+
+class BillingProfileUpdateInput(StrictSerializer):
+    legal_name = serializers.CharField(required=False, allow_blank=True,
+                                       help_text=f"At most {profiles.LEGAL_NAME_MAX_LENGTH} characters; empty: the "
+                                                 f"tenant's name.")
+    address = serializers.CharField(required=False, allow_blank=True,
+                                    help_text=f"Postal address, at most {profiles.ADDRESS_MAX_LENGTH} characters.")
+    country = serializers.CharField(required=False, allow_blank=True, help_text=COUNTRY_HELP)
+    vat_id = serializers.CharField(required=False, allow_blank=True, help_text=VAT_ID_HELP)
+    is_business = serializers.BooleanField(required=False)
+    invoice_email = serializers.CharField(required=False, allow_blank=True,
+                                          help_text="A valid email address, or empty for the owners.")
+
+
+def billing_profile_payload(details: profiles.BillingDetails) -> dict:
+    tax = details.tax
+    return {
+        "legal_name": details.legal_name, "address": details.address, "country": details.country,
+        "vat_id": details.vat_id, "is_business": details.is_business, "invoice_email": details.invoice_email,
+        "tax": None if tax is None else {"rate_percent": details.tax_rate_text, "scheme": tax.scheme,
+                                         "reverse_charge": tax.reverse_charge, "note": tax.invoice_note,
+                                         "reason": tax.reason},
+        "tax_problem": details.tax_problem, "updated_at": details.updated_at,
+    }
+
+
+class BillingProfileView(TenantAPIView):
+    """Who the tenant's invoices are addressed to and what decides their tax, with the tax that
+    applies now."""
+
+    required_scopes = {"GET": Scope.BILLING, "PATCH": Scope.BILLING}
+
+    @extend_schema(operation_id="billing_profile_retrieve", responses=BillingProfileOutput)
+    def get(self, request):
+        return Response(BillingProfileOutput(billing_profile_payload(
+            profiles.billing_profile_for(self.actor.tenant))).data)
+
+    @extend_schema(operation_id="billing_profile_update", request=BillingProfileUpdateInput,
+                   responses=BillingProfileOutput,
+                   description="Changes the fields given. A bad value is a 400 naming the field and changes "
+                               "nothing. The current month's draft invoice is recomputed at once (its bill-to and "
+                               "tax follow); finalized invoices keep what they were issued with.")
+    def patch(self, request):
+        details = profiles.billing_profile_update(actor=self.actor, **valid(BillingProfileUpdateInput, request.data))
+        return Response(BillingProfileOutput(billing_profile_payload(details)).data)

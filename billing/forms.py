@@ -1,4 +1,4 @@
-"""Forms of the metering console pages."""
+"""Forms of the billing console pages: usage, budgets, the billing profile."""
 
 from datetime import UTC, date, datetime, timedelta
 
@@ -6,6 +6,8 @@ from django import forms
 from django.utils import timezone
 
 from billing.money import quantum
+from billing.profiles import ADDRESS_MAX_LENGTH, EMAIL_MAX_LENGTH, LEGAL_NAME_MAX_LENGTH, VAT_ID_MAX_LENGTH
+from tenants.forms import country_choices_with_blank
 
 # The API's limit (billing.api.USAGE_MAX_SPAN), in whole days as the form counts them.
 MAX_DAYS = 400
@@ -101,3 +103,41 @@ class BudgetForm(forms.Form):
             "thresholds": budget.thresholds, "action": budget.action, "active": budget.active})
         del form.fields["deployment"]  # a budget's scope is fixed
         return form
+
+
+# --- Billing profile ----------------------------------------------------------------------------
+# Like the API, the form leaves the rules (country code, VAT id for that country, email, lengths) to
+# billing.profiles, so the console and the API give the same messages, shown on the field named.
+
+
+def _is_true(value) -> bool:
+    # The radio posts "True"/"False"; the initial value is the profile's bool.
+    return value in (True, "True")
+
+
+class BillingProfileForm(forms.Form):
+    legal_name = forms.CharField(label="Legal name", required=False,
+                                 widget=forms.TextInput(attrs={"maxlength": LEGAL_NAME_MAX_LENGTH}),
+                                 help_text="As invoices should name you. Empty: your organisation's name.")
+    address = forms.CharField(label="Address", required=False,
+                              widget=forms.Textarea(attrs={"rows": 4, "maxlength": ADDRESS_MAX_LENGTH}),
+                              help_text="Postal address, printed on the invoice.")
+    country = forms.ChoiceField(label="Country", choices=country_choices_with_blank, required=False,
+                                help_text="Where you are established: it decides the VAT rate.")
+    is_business = forms.TypedChoiceField(label="Invoiced as", coerce=_is_true,
+                                         choices=[(True, "A business"), (False, "A consumer")],
+                                         widget=forms.RadioSelect)
+    vat_id = forms.CharField(label="VAT id", required=False,
+                             widget=forms.TextInput(attrs={"maxlength": VAT_ID_MAX_LENGTH,
+                                                           "placeholder": "DE136695976"}),
+                             help_text="With its country prefix. In the EU, a business with a valid VAT id of its "
+                                       "country is invoiced without VAT (reverse charge).")
+    invoice_email = forms.CharField(label="Invoice email", required=False,
+                                    widget=forms.EmailInput(attrs={"maxlength": EMAIL_MAX_LENGTH}),
+                                    help_text="Where invoices are sent. Empty: the owners.")
+
+    @classmethod
+    def for_profile(cls, details, data=None) -> "BillingProfileForm":
+        return cls(data, initial={"legal_name": details.legal_name, "address": details.address,
+                                  "country": details.country, "is_business": details.is_business,
+                                  "vat_id": details.vat_id, "invoice_email": details.invoice_email})

@@ -22,6 +22,8 @@ api_urlpatterns = [
     path("budgets", api.BudgetListView.as_view(), name="api-budgets"),
     path("budgets/<str:budget_id>", api.BudgetDetailView.as_view(), name="api-budget"),
     path("budgets/<str:budget_id>/lift", api.BudgetLiftView.as_view(), name="api-budget-lift"),
+    # The billing profile (billing scope): who invoices are addressed to and what decides their tax.
+    path("billing/profile", api.BillingProfileView.as_view(), name="api-billing-profile"),
 ]
 
 # Console pages.
@@ -44,4 +46,6 @@ urlpatterns = [
     path("billing/budgets/<str:budget_id>/", views.budget_detail, name="budget-detail"),
     path("billing/budgets/<str:budget_id>/lift/", views.budget_lift, name="budget-lift"),
     path("billing/budgets/<str:budget_id>/delete/", views.budget_delete, name="budget-delete"),
+    # The billing profile: legal name, address, country, VAT id — the invoice's addressee and its tax.
+    path("billing/profile/", views.billing_profile, name="billing-profile"),
 ]

@@ -1,6 +1,7 @@
 """Console pages of metering: the tenant's usage (a date range, a chart by meter per day, a table by
 deployment × meter × tier, a CSV download), and the JSON figure of a deployment's latency panel
 (the panel itself is `billing.templatetags.billing_panels`, on the scheduler's deployment page).
+And the money pages: invoices, credits, prices, budgets and the billing profile.
 
 Pages are wrapped in `tenant_page`; a deployment named in a URL is fetched through the tenant's
 own, so another tenant's is a 404 like a missing one. Everything here reads rollups.
@@ -19,8 +20,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.http import urlencode
 
-from billing import budgets, charts, documents, selectors
-from billing.forms import BudgetForm, UsageRangeForm
+from billing import budgets, charts, documents, profiles, selectors
+from billing.forms import BillingProfileForm, BudgetForm, UsageRangeForm
 from scheduler.models import Deployment
 from tenants.errors import ServiceError
 from tenants.forms import add_service_error
@@ -291,3 +292,27 @@ def budget_delete(request, actor, budget_id):
     budgets.budget_delete(actor=actor, budget=budget)
     messages.success(request, f"Budget deleted: {label}.")
     return redirect("budgets")
+
+
+# --- Billing profile ------------------------------------------------------------------------------
+# Owners, admins and billing members see and change who invoices are addressed to; the service's
+# refusals are shown on the field they name, with the same messages as the API's.
+
+
+@tenant_page({"GET": Scope.BILLING, "POST": Scope.BILLING})
+def billing_profile(request, actor):
+    details = profiles.billing_profile_for(actor.tenant)
+    form = BillingProfileForm.for_profile(details, request.POST if request.method == "POST" else None)
+    if form.is_bound and form.is_valid():
+        # Like a PATCH: only what the person changed is sent, so the audit log shows just that.
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        try:
+            profiles.billing_profile_update(actor=actor, **changes)
+        except ServiceError as error:
+            add_service_error(form, error)
+        else:
+            messages.success(request, "Billing profile saved. This month's draft invoice follows it; issued "
+                                      "invoices keep the details they were issued with." if changes
+                             else "Nothing changed.")
+            return redirect("billing-profile")
+    return render(request, "billing/billing_profile.html", {"form": form, "details": details})

@@ -32,7 +32,7 @@ NAVIGATION: list[NavSection] = [
     NavSection("Usage", "usage", Scope.READ, "chart"),
     NavSection("Billing", "invoices", Scope.BILLING, "book",
                also_active_for=("invoice-detail", "invoice-line", "credits", "prices",
-                                "budgets", "budget-detail", "budget-lift", "budget-delete")),
+                                "budgets", "budget-detail", "budget-lift", "budget-delete", "billing-profile")),
     NavSection("Team", "team", Scope.READ, "users",
                also_active_for=("team-invite", "team-member-role", "team-member-remove", "team-invitation-revoke")),
     NavSection("API keys", "api-keys", Scope.READ, "key", also_active_for=("api-key-revoke",)),
