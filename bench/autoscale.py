@@ -509,9 +509,13 @@ def oracle_accelerator_seconds(need: list[int], startup_s: float) -> float:
 # - without the variance-aware headroom (headroom_sigmas 0);
 # - on bursty: without the surge memory (surge_memory 0); a target below capacity instead
 #   (standing headroom, without the surge memory, as before it existed); and a floor of the
-#   replicas whose saturation throughput carries the busiest minute (min_replicas): what
-#   ≥ 99 % attainment costs there; and the bound of any reactive policy (SpikeReactionBound).
+#   replicas whose saturation throughput carries the busiest minute (min_replicas), and lower
+#   floors (FLOOR_SWEEP): what ≥ 99 % attainment costs there; and the bound of any reactive
+#   policy (SpikeReactionBound).
 HEADROOM_TARGETS = (48, 40)
+# Standing floors below the busiest minute's: where attainment on bursty crosses 99 % (about
+# three times what the base load needs), and what that costs.
+FLOOR_SWEEP = (9, 10)
 
 
 def _variants(trace, policy, model: ReplicaModel, need: list[int]) -> list[tuple[str, object, int]]:
@@ -532,7 +536,8 @@ def _variants(trace, policy, model: ReplicaModel, need: list[int]) -> list[tuple
         replace(policy, target_concurrency_per_replica=float(target), surge_memory=0.0), model), need[0])
         for target in HEADROOM_TARGETS]
     floor = math.ceil(_busiest_rate(trace) / model.saturation_rps - 1e-9)
-    runs.append((f"autoscaler, min_replicas {floor}", AutoscalerController(policy, model, min_replicas=floor), floor))
+    runs += [(f"autoscaler, min_replicas {count}", AutoscalerController(policy, model, min_replicas=count), count)
+             for count in sorted({*FLOOR_SWEEP, floor})]
     runs.append(("bound: max_replicas from each spike's first beat", SpikeReactionBound(policy, model, trace.spikes),
                  need[0]))
     return runs
