@@ -8,8 +8,9 @@ into usage events, through `billing.services.usage_ingest` like every other even
   deterministic ids (`<replica>:<minute>`) make any minute computed twice count once.
 - `replica_metrics_collect`: every serving replica's /metrics, through its fleet driver, into
   an `inference.request` event (token and request deltas, for deployments whose token usage
-  comes from the scrape) and the deployment's LatencyRollup of the minute (histogram deltas).
-  The events, the rollup and the replica's ScrapeState are one transaction per replica.
+  comes from the scrape) and the deployment's LatencyRollup of the minute and LatencyHourRollup
+  of the hour (histogram deltas, `latency_delta_add`). The events, the rollups and the replica's
+  ScrapeState are one transaction per replica.
 
 docs/metering.md ("Collectors") states the policies: which replica states are billed, where the
 first run starts, how counter resets are handled.
@@ -28,7 +29,8 @@ from billing import latency
 from billing import scrape as scrape_core
 from billing.accelerators import MINUTE, Holding, minute_floor, minutes, rfc3339, usage_events
 from billing.metering import ACCELERATOR_COLLECTOR_SOURCE, SCRAPE_COLLECTOR_SOURCE
-from billing.models import CollectorWatermark, LatencyRollup, ScrapeState
+from billing.metrics import floor_hour
+from billing.models import CollectorWatermark, LatencyHourRollup, LatencyRollup, ScrapeState
 from billing.services import usage_ingest
 from scheduler.fleet.base import SERVING_STATES, FleetDriver, FleetError
 from scheduler.models import Deployment, Replica
@@ -262,7 +264,8 @@ def _record_scrape(replica: Replica, page: scrape_core.Scrape, scraped_at: datet
             _log_rejections("scrape", result, [event])
             report.events += result.accepted
         if not all(latency.is_empty(h) for h in deltas.histograms.values()):
-            _merge_latency(deployment, minute_floor(scraped_at), deltas, scraped_at)
+            latency_delta_add(deployment=deployment, minute=minute_floor(scraped_at),
+                              request_count=deltas.request_count, histograms=deltas.histograms, now=scraped_at)
         if deltas.behind:
             logger.info("scrape: replica %s: a page older than the last one recorded (%s): nothing counted",
                         replica_id, ", ".join(deltas.behind[:4]))
@@ -279,12 +282,33 @@ def _inference_event(replica_id: str, deployment: Deployment, page: scrape_core.
             "time": rfc3339(scraped_at), "data": {**deltas.usage, "replica": replica_id}}
 
 
-def _merge_latency(deployment: Deployment, minute: datetime, deltas: scrape_core.Deltas, now: datetime) -> None:
-    rollup, _ = LatencyRollup.objects.get_or_create(deployment=deployment, minute=minute,
-                                                    defaults={"tenant_id": deployment.tenant_id, "updated_at": now})
-    rollup = LatencyRollup.objects.select_for_update().get(pk=rollup.pk)
-    for name in ("ttft", "tpot", "e2e"):
-        setattr(rollup, name, latency.merge([getattr(rollup, name), deltas.histograms.get(name)]))
-    rollup.request_count += deltas.request_count
+LATENCY_FIELDS = ("ttft", "tpot", "e2e")
+
+
+def latency_delta_add(*, deployment: Deployment, minute: datetime, request_count: int,
+                      histograms: dict[str, dict], now: datetime) -> None:
+    """Add one scrape's latency deltas (`histograms`: "ttft", "tpot", "e2e" → stored histogram)
+    to the deployment's LatencyRollup of `minute` and to its LatencyHourRollup of that minute's
+    hour, in one transaction (the caller's, when there is one).
+
+    This is the only writer of both tables, so every hour row stays the merge of its hour's
+    minute rows: request counts equal, bucket counts equal (merging is exact and does not depend
+    on order or grouping; differing bounds coarsen the same way either way), `sum` equal up to
+    float rounding. Rows are locked minute first, then hour, by every writer: concurrent scrapes
+    queue rather than deadlock.
+    """
+    with transaction.atomic():
+        _rollup_add(LatencyRollup, deployment, {"minute": minute}, request_count, histograms, now)
+        _rollup_add(LatencyHourRollup, deployment, {"hour": floor_hour(minute)}, request_count, histograms, now)
+
+
+def _rollup_add(model, deployment: Deployment, period: dict, request_count: int, histograms: dict[str, dict],
+                now: datetime) -> None:
+    rollup, _ = model.objects.get_or_create(deployment=deployment, **period,
+                                            defaults={"tenant_id": deployment.tenant_id, "updated_at": now})
+    rollup = model.objects.select_for_update().get(pk=rollup.pk)
+    for name in LATENCY_FIELDS:
+        setattr(rollup, name, latency.merge([getattr(rollup, name), histograms.get(name)]))
+    rollup.request_count += request_count
     rollup.updated_at = now
-    rollup.save(update_fields=["ttft", "tpot", "e2e", "request_count", "updated_at"])
+    rollup.save(update_fields=[*LATENCY_FIELDS, "request_count", "updated_at"])

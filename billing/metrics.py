@@ -1,5 +1,6 @@
-"""A deployment's traffic, latency and replicas over a window, step by step, from per-minute
-latency rows and replica lifetimes. Pure: no Django.
+"""A deployment's traffic, latency and replicas over a window, step by step, from latency rows
+(per minute, and per hour where a whole hour lies inside one step) and replica lifetimes.
+Pure: no Django.
 
 The selectors load the rows (`billing.selectors.deployment_metrics`); this module only does
 the arithmetic, so it can be property-tested without a database.
@@ -7,6 +8,12 @@ the arithmetic, so it can be property-tested without a database.
 Contracts:
 - Steps are `[start + i·step, start + (i+1)·step)`, the last one cut at `end`; a minute row
   belongs to the step its minute starts in. Every row inside the window is in exactly one step.
+- Which rows answer a window (`rollup_plan`): when the step is a whole number of hours, every
+  hour lying wholly inside one step of the window is read from its hour row, the rest from
+  minute rows; with any other step, minute rows only. An hour row is the merge of its minutes
+  (`LatencyHourRollup`), and merging is exact whatever the grouping, so the answer is the same
+  as from minute rows alone — only cheaper: a 31-day window in steps of a day, on the hour,
+  is 744 hour rows instead of 44,640 minute rows.
 - Percentiles come from the step's merged histograms (`billing.latency`, Prometheus
   `histogram_quantile` semantics), in milliseconds; None when the step has no observation.
 - A step is within the SLO when its p95 TTFT and p95 TPOT are at most the SLO's; a percentile
@@ -32,6 +39,27 @@ class MinuteRow:
     ttft: dict
     tpot: dict
     e2e: dict
+
+
+@dataclass(frozen=True)
+class HourRow:
+    """The merge of the minute rows of `[hour, hour + 1 h)`."""
+
+    hour: datetime
+    requests: int
+    ttft: dict
+    tpot: dict
+    e2e: dict
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """Which rows answer a window: hour rows whose hour starts in one of `hour_ranges`, minute
+    rows whose minute is in one of `minute_ranges`. Ranges are `[from, to)`, ascending, disjoint,
+    and together cover the window exactly once."""
+
+    hour_ranges: tuple[tuple[datetime, datetime], ...]
+    minute_ranges: tuple[tuple[datetime, datetime], ...]
 
 
 @dataclass(frozen=True)
@@ -105,6 +133,51 @@ def step_count(start: datetime, end: datetime, step: timedelta) -> int:
     return math.ceil((end - start) / step)
 
 
+HOUR = timedelta(hours=1)
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+def rollup_plan(start: datetime, end: datetime, step: timedelta) -> RollupPlan:
+    """Hour rows for the hours that lie wholly inside one step of `[start, end)`, minute rows for
+    the rest. Only when the step is a whole number of hours: then a step misses at most the two
+    part-hours at its edges (none when the window starts on the hour), whereas with a step such
+    as 61 minutes hardly any hour fits and the minutes would be read in many small ranges."""
+    if step % HOUR:
+        return RollupPlan(hour_ranges=(), minute_ranges=((start, end),))
+    hours, minutes = [], []
+    for index in range(step_count(start, end, step)):
+        step_start = start + index * step
+        step_end = min(step_start + step, end)
+        first_hour, hours_end = _ceil_hour(step_start), floor_hour(step_end)
+        if first_hour < hours_end:
+            hours.append((first_hour, hours_end))
+            minutes += [(step_start, first_hour), (hours_end, step_end)]
+        else:
+            minutes.append((step_start, step_end))
+    return RollupPlan(hour_ranges=_joined(hours), minute_ranges=_joined(minutes))
+
+
+def _joined(ranges: list[tuple[datetime, datetime]]) -> tuple[tuple[datetime, datetime], ...]:
+    """Ascending ranges without the empty ones, those that touch made one (fewer to query)."""
+    result: list[tuple[datetime, datetime]] = []
+    for low, high in ranges:
+        if low >= high:
+            continue
+        if result and result[-1][1] == low:
+            result[-1] = (result[-1][0], high)
+        else:
+            result.append((low, high))
+    return tuple(result)
+
+
 def percentiles_ms(histogram: dict) -> Percentiles:
     """p50, p95 and p99 of a histogram in seconds, in milliseconds (rounded to 0.001 ms)."""
     values = [latency.histogram_quantile(q, histogram) for q in QUANTILES]
@@ -139,15 +212,32 @@ def _replicas_per_step(spans: Iterable[ReplicaSpan], start: datetime, end: datet
     return counts
 
 
-def deployment_steps(rows: Iterable[MinuteRow], spans: Iterable[ReplicaSpan], *, start: datetime, end: datetime,
-                     step: timedelta, slo_ttft_p95_ms: float, slo_tpot_p95_ms: float
+def _step_of(row: MinuteRow | HourRow, start: datetime, end: datetime, step: timedelta) -> int | None:
+    """The index of the step holding the row; None when the row is outside the window. Raises
+    ValueError for an hour row not wholly inside one step: its minutes belong to two."""
+    if isinstance(row, MinuteRow):
+        return (row.minute - start) // step if start <= row.minute < end else None
+    hour_end = row.hour + HOUR
+    if hour_end <= start or row.hour >= end:
+        return None
+    index = (row.hour - start) // step
+    if row.hour < start or hour_end > min(start + (index + 1) * step, end):
+        raise ValueError(f"the hour row of {row.hour.isoformat()} is not inside one step of the window")
+    return index
+
+
+def deployment_steps(rows: Iterable[MinuteRow | HourRow], spans: Iterable[ReplicaSpan], *, start: datetime,
+                     end: datetime, step: timedelta, slo_ttft_p95_ms: float, slo_tpot_p95_ms: float
                      ) -> tuple[list[Step], Summary]:
-    """The steps of `[start, end)` and the window's summary. Rows outside the window are ignored."""
+    """The steps of `[start, end)` and the window's summary. Rows outside the window are ignored;
+    an hour row must lie inside one step (as `rollup_plan` chooses them), and no minute may be
+    given twice — as a minute row and within an hour row."""
     steps = step_count(start, end, step)
-    buckets: list[list[MinuteRow]] = [[] for _ in range(steps)]
+    buckets: list[list[MinuteRow | HourRow]] = [[] for _ in range(steps)]
     for row in rows:
-        if start <= row.minute < end:
-            buckets[(row.minute - start) // step].append(row)
+        index = _step_of(row, start, end, step)
+        if index is not None:
+            buckets[index].append(row)
     replicas = _replicas_per_step(spans, start, end, step, steps)
     slo = {"slo_ttft_p95_ms": slo_ttft_p95_ms, "slo_tpot_p95_ms": slo_tpot_p95_ms}
     result = []

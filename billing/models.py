@@ -130,8 +130,8 @@ class UsageRollup(models.Model):
         return f"{self.meter_id} {self.deployment_id} {self.tier} {self.hour:%Y-%m-%d %H}: {self.quantity}"
 
 
-class LatencyRollup(models.Model):
-    """Per deployment × minute: requests finished and the merged TTFT / TPOT / E2E histograms.
+class LatencyHistograms(models.Model):
+    """Requests finished and the merged TTFT / TPOT / E2E histograms of one deployment over a span.
 
     Each histogram is `{"le": [upper bounds…], "counts": [per-bucket counts, +Inf last], "sum": s}`
     with vLLM's bucket bounds, so histograms of any window merge by adding counts.
@@ -139,7 +139,6 @@ class LatencyRollup(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="+", db_index=False)
-    minute = models.DateTimeField()
     request_count = models.BigIntegerField(default=0)
     ttft = models.JSONField(default=dict)
     tpot = models.JSONField(default=dict)
@@ -147,10 +146,38 @@ class LatencyRollup(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        abstract = True
+
+
+class LatencyRollup(LatencyHistograms):
+    """Per deployment × minute (LatencyHistograms)."""
+
+    minute = models.DateTimeField()
+
+    class Meta:
         constraints = [models.UniqueConstraint(fields=["deployment", "minute"], name="latency_rollup_one_per_minute")]
 
     def __str__(self) -> str:
         return f"{self.deployment_id} {self.minute:%Y-%m-%d %H:%M}: {self.request_count} requests"
+
+
+class LatencyHourRollup(LatencyHistograms):
+    """Per deployment × hour: the merge of that hour's LatencyRollup minutes, so long windows read
+    sixty times fewer rows.
+
+    Invariant: for every (deployment, hour), `request_count` is the Σ of the hour's minute rows and
+    each histogram is `billing.latency.merge` of theirs (bucket counts exactly; `sum` up to float
+    rounding, which no percentile reads). The scrape collector keeps it by adding each delta to
+    the minute row and to this row in one transaction (`billing.collectors.latency_delta_add`).
+    """
+
+    hour = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "hour"], name="latency_hour_rollup_one_per_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.hour:%Y-%m-%d %H}h: {self.request_count} requests"
 
 
 class ClosedPeriod(models.Model):

@@ -22,6 +22,7 @@ from billing.models import (
     CreditLedgerEntry,
     Invoice,
     InvoiceLine,
+    LatencyHourRollup,
     LatencyRollup,
     Meter,
     UsageEvent,
@@ -140,10 +141,33 @@ def floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _minute_rows(deployment: Deployment, start: datetime, end: datetime) -> list[metrics.MinuteRow]:
-    rows = (scoped(LatencyRollup, deployment.tenant).filter(deployment=deployment, minute__gte=start, minute__lt=end)
-            .values_list("minute", "request_count", "ttft", "tpot", "e2e"))
-    return [metrics.MinuteRow(minute, requests, ttft, tpot, e2e) for minute, requests, ttft, tpot, e2e in rows]
+# Ranges per query: a 31-day window in steps of 2 hours that does not start on the hour has ~370
+# part-hours to read by the minute; SQLite refuses expressions deeper than 1,000.
+RANGES_PER_QUERY = 100
+LATENCY_COLUMNS = ("request_count", "ttft", "tpot", "e2e")
+
+
+def _in_ranges(model, deployment: Deployment, field: str, ranges) -> list[tuple]:
+    """(field, request_count, ttft, tpot, e2e) of the deployment's rows whose `field` lies in one
+    of `ranges` ([from, to), disjoint)."""
+    rows = []
+    for first in range(0, len(ranges), RANGES_PER_QUERY):
+        within = Q()
+        for low, high in ranges[first:first + RANGES_PER_QUERY]:
+            within |= Q(**{f"{field}__gte": low, f"{field}__lt": high})
+        rows += (scoped(model, deployment.tenant).filter(within, deployment=deployment)
+                 .values_list(field, *LATENCY_COLUMNS))
+    return rows
+
+
+def _latency_rows(deployment: Deployment, start: datetime, end: datetime, step: timedelta
+                  ) -> list[metrics.MinuteRow | metrics.HourRow]:
+    """The rows that answer the window, as `metrics.rollup_plan` chooses them: hour rows for the
+    hours wholly inside a step (when the step is whole hours), minute rows for the rest."""
+    plan = metrics.rollup_plan(start, end, step)
+    return ([metrics.HourRow(*row) for row in _in_ranges(LatencyHourRollup, deployment, "hour", plan.hour_ranges)]
+            + [metrics.MinuteRow(*row) for row in _in_ranges(LatencyRollup, deployment, "minute",
+                                                              plan.minute_ranges)])
 
 
 def _replica_spans(deployment: Deployment, start: datetime, end: datetime) -> list[metrics.ReplicaSpan]:
@@ -195,9 +219,10 @@ def deployment_metrics(deployment: Deployment, *, start: datetime, end: datetime
                        ) -> DeploymentMetrics:
     """Request rate, TTFT / TPOT / E2E percentiles against the SLO and replicas per step of
     [start, end); accelerator-seconds per hour (the rollups' resolution) for the hours that
-    overlap it. `start` and `end` are whole minutes (latency rollups are per minute)."""
+    overlap it. `start` and `end` are whole minutes (latency rollups are per minute). Steps of
+    whole hours read hourly latency rollups where they can, with the same answers (billing/metrics.py)."""
     steps, summary = metrics.deployment_steps(
-        _minute_rows(deployment, start, end), _replica_spans(deployment, start, end), start=start, end=end,
+        _latency_rows(deployment, start, end, step), _replica_spans(deployment, start, end), start=start, end=end,
         step=step, slo_ttft_p95_ms=deployment.slo_ttft_p95_ms, slo_tpot_p95_ms=deployment.slo_tpot_p95_ms)
     hours, capacity = _capacity(deployment, start, end)
     return DeploymentMetrics(deployment=deployment, start=start, end=end, step=step, steps=steps, summary=summary,

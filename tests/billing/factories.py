@@ -8,7 +8,7 @@ import importlib
 
 import factory
 
-from billing.models import LatencyRollup, Meter, UsageRollup
+from billing.models import LatencyHourRollup, LatencyRollup, Meter, UsageRollup
 
 # vLLM's time-to-first-token bucket bounds (seconds), shortened: what the tests need.
 TTFT_LE = [0.1, 0.2, 0.5, 1.0]
@@ -72,6 +72,21 @@ class LatencyRollupFactory(factory.django.DjangoModelFactory):
 
     tenant = factory.SelfAttribute("deployment.tenant")
     minute = factory.LazyFunction(lambda: at("2025-03-01T10:00"))
+    request_count = 0
+    ttft = factory.LazyFunction(dict)
+    tpot = factory.LazyFunction(dict)
+    e2e = factory.LazyFunction(dict)
+
+
+class LatencyHourRollupFactory(factory.django.DjangoModelFactory):
+    """An hour row made directly: the collector keeps it the merge of its minute rows, a test
+    that makes one alone says so."""
+
+    class Meta:
+        model = LatencyHourRollup
+
+    tenant = factory.SelfAttribute("deployment.tenant")
+    hour = factory.LazyFunction(lambda: at("2025-03-01T10:00"))
     request_count = 0
     ttft = factory.LazyFunction(dict)
     tpot = factory.LazyFunction(dict)

@@ -7,16 +7,26 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing import latency
 from billing.collectors import (
     ACCELERATOR_WATERMARK,
     MAX_MINUTES_PER_RUN,
     accelerator_usage_collect,
+    latency_delta_add,
     replica_metrics_collect,
 )
 from billing.metering import SCRAPE_COLLECTOR_SOURCE
-from billing.models import CollectorWatermark, LatencyRollup, ScrapeState, UsageEvent, UsageRollup
+from billing.models import (
+    CollectorWatermark,
+    LatencyHourRollup,
+    LatencyRollup,
+    ScrapeState,
+    UsageEvent,
+    UsageRollup,
+)
 from billing.tasks import accelerator_usage_collect_task
 from scheduler.fleet.base import MetricsUnavailable
 from scheduler.models import Deployment, HardwareTier, Replica
@@ -242,6 +252,7 @@ def test_a_simulated_deployment_gets_usage_events_and_latency_rollups(tenant_a, 
     p50, p95 = latency.histogram_quantile(0.5, merged), latency.histogram_quantile(0.95, merged)
     assert 0 < p50 <= p95
     assert latency.count(latency.merge(r.tpot for r in rollups)) > 0
+    assert_hour_rows_merge_their_minutes(deployment)
 
 
 def test_a_simulated_deployment_is_billed_its_accelerator_seconds_from_placement(tenant_a, fleet, clock):
@@ -363,3 +374,87 @@ def test_concurrent_scrapes_of_the_same_replicas_count_every_token_once(transact
     assert usage == expected and usage["requests"] > 0
     assert sum(LatencyRollup.objects.filter(deployment=deployment).values_list("request_count", flat=True)) == \
         usage["requests"]
+    assert_hour_rows_merge_their_minutes(deployment)
+
+
+# --- hourly latency rollups: always the merge of their minutes --------------------------------
+
+LATENCY = ("ttft", "tpot", "e2e")
+
+
+def assert_hour_rows_merge_their_minutes(deployment) -> None:
+    """The LatencyHourRollup invariant: each hour row is its minute rows merged (bucket counts
+    exactly, `sum` up to float rounding), and no hour has minutes without an hour row."""
+    minutes: dict[datetime, list[LatencyRollup]] = {}
+    for row in LatencyRollup.objects.filter(deployment=deployment):
+        minutes.setdefault(row.minute.replace(minute=0), []).append(row)
+    hours = {row.hour: row for row in LatencyHourRollup.objects.filter(deployment=deployment)}
+    assert set(hours) == set(minutes)
+    for hour, row in hours.items():
+        assert row.tenant_id == deployment.tenant_id
+        assert row.request_count == sum(minute.request_count for minute in minutes[hour])
+        for name in LATENCY:
+            stored, expected = getattr(row, name), latency.merge(getattr(minute, name) for minute in minutes[hour])
+            assert without_sum(stored) == without_sum(expected)
+            assert stored.get("sum", 0.0) == pytest.approx(expected.get("sum", 0.0))
+
+
+def without_sum(histogram: dict) -> dict:
+    return {key: value for key, value in histogram.items() if key != "sum"}
+
+
+LE = [0.1, 0.2, 0.5, 1.0]
+UPGRADED_LE = [0.1, 0.25, 0.5, 2.0]  # a vLLM upgrade changed the bounds: merges coarsen onto the shared ones
+
+
+def histogram_delta(le):
+    return st.builds(lambda counts, total: {"le": le, "counts": counts, "sum": total},
+                     st.lists(st.integers(0, 30), min_size=len(le) + 1, max_size=len(le) + 1),
+                     st.floats(0, 50, allow_nan=False))
+
+
+deltas = st.lists(st.tuples(
+    st.integers(0, 3 * 60 - 1),  # the minute, over three hours
+    st.one_of(histogram_delta(LE), histogram_delta(LE), histogram_delta(UPGRADED_LE), st.just({})),
+    st.one_of(histogram_delta(LE), st.just({})),
+), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=deltas)
+def test_an_hour_row_is_always_the_merge_of_its_minute_rows(placed, drawn):
+    deployment = placed[0]
+    LatencyRollup.objects.filter(deployment=deployment).delete()  # examples share the test's transaction
+    LatencyHourRollup.objects.filter(deployment=deployment).delete()
+    for minute, ttft, e2e in drawn:
+        latency_delta_add(deployment=deployment, minute=T0 + timedelta(minutes=minute),
+                          request_count=int(latency.count(e2e)), histograms={"ttft": ttft, "e2e": e2e}, now=T0)
+    assert_hour_rows_merge_their_minutes(deployment)
+    assert sum(LatencyHourRollup.objects.filter(deployment=deployment).values_list("request_count", flat=True)) == \
+        sum(latency.count(e2e) for _minute, _ttft, e2e in drawn)
+
+
+def test_upgrading_fills_the_hour_rows_from_the_minute_rows(placed, tenant_b):
+    import importlib
+
+    from django.apps import apps
+
+    from tests.billing.factories import LatencyRollupFactory
+
+    fill = importlib.import_module("billing.migrations.0008_latency_hour_rollups").fill_hours_from_minutes
+    deployment = placed[0]
+    other = make_deployment(tenant_b, name="other")
+    rows = [(deployment, T0, [3, 1, 0, 0, 0], LE), (deployment, T0 + timedelta(minutes=59), [0, 2, 2, 0, 1], LE),
+            (deployment, T0 + timedelta(minutes=60), [1, 0, 0, 0, 0], LE),
+            (deployment, T0 + timedelta(minutes=61), [0, 0, 4, 0, 0], UPGRADED_LE),
+            (other, T0 + timedelta(minutes=30), [5, 0, 0, 0, 0], LE)]
+    for owner, minute, counts, le in rows:
+        LatencyRollupFactory(deployment=owner, minute=minute, request_count=sum(counts),
+                             ttft={"le": le, "counts": counts, "sum": 1.5}, e2e={"le": le, "counts": counts, "sum": 3.0})
+    fill(apps, None)
+    assert_hour_rows_merge_their_minutes(deployment)
+    assert_hour_rows_merge_their_minutes(other)
+    assert LatencyHourRollup.objects.count() == 3
+    # 12:00 and 13:00: the second hour's bounds coarsened onto those the two sets share.
+    assert LatencyHourRollup.objects.get(deployment=deployment, hour=T0 + timedelta(hours=1)).ttft == \
+        {"le": [0.1, 0.5], "counts": [1, 4, 0], "sum": 3.0}

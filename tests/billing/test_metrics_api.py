@@ -1,13 +1,26 @@
 """GET /api/v1/deployments/{id}/metrics: request rate, latency percentiles from merged histogram
 buckets against the SLO, replicas and accelerator-seconds, per step and over the window."""
 
+import random
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
+from billing import metrics as metrics_core
+from billing.collectors import latency_delta_add
+from billing.models import LatencyRollup
+from billing.selectors import deployment_metrics
 from scheduler.models import HardwareTier, Replica
-from tests.billing.factories import TPOT_LE, TTFT_LE, LatencyRollupFactory, UsageRollupFactory, at, histogram
+from tests.billing.factories import (
+    TPOT_LE,
+    TTFT_LE,
+    LatencyHourRollupFactory,
+    LatencyRollupFactory,
+    UsageRollupFactory,
+    at,
+    histogram,
+)
 from tests.cross_tenant_objects import make_deployment, small_fleet
 
 WINDOW = {"start": "2025-03-01T10:00:00Z", "end": "2025-03-01T10:05:00Z"}
@@ -184,3 +197,65 @@ def test_the_metrics_of_one_deployment_never_include_anothers(tenant_a, chat):
                        hour=at("2025-03-01T10:00"), quantity="3600")
     body = metrics(tenant_a, chat, **WINDOW)
     assert body["totals"]["requests"] == 0 and body["accelerator_hours"] == []
+
+
+# --- long windows: hourly rollups, the same answers ---------------------------------------------
+
+HOUR = timedelta(hours=1)
+
+
+def random_latency(rng: random.Random, deployment, start, minutes: int, scrapes: int) -> None:
+    """`scrapes` latency deltas at random minutes, written as the scrape collector writes them
+    (minute and hour rows together); a few minutes get several, a few carry upgraded bounds."""
+    for _ in range(scrapes):
+        le = TTFT_LE if rng.random() < 0.9 else [0.1, 0.25, 0.5, 2.0]
+        ttft = histogram(le, [rng.randrange(12) for _ in range(len(le) + 1)], rng.uniform(0, 9))
+        tpot = histogram(TPOT_LE, [rng.randrange(12) for _ in range(len(TPOT_LE) + 1)], rng.uniform(0, 1))
+        latency_delta_add(deployment=deployment, minute=start + rng.randrange(minutes) * MINUTE,
+                          request_count=sum(ttft["counts"]), histograms={"ttft": ttft, "tpot": tpot, "e2e": ttft},
+                          now=start)
+
+
+def minutes_only(deployment, start, end, step):
+    """The answer from minute rows alone: what the endpoint computed before hour rows existed."""
+    rows = [metrics_core.MinuteRow(*row) for row in LatencyRollup.objects.filter(
+        deployment=deployment, minute__gte=start, minute__lt=end).values_list(
+        "minute", "request_count", "ttft", "tpot", "e2e")]
+    return metrics_core.deployment_steps(rows, [], start=start, end=end, step=step,
+                                         slo_ttft_p95_ms=deployment.slo_ttft_p95_ms,
+                                         slo_tpot_p95_ms=deployment.slo_tpot_p95_ms)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hour_rollups_answer_exactly_as_the_minutes_would(chat, seed):
+    rng = random.Random(seed)
+    chat.slo_ttft_p95_ms = 600.0  # near the data's p95s, so steps fall on both sides of the SLO
+    random_latency(rng, chat, START, minutes=4 * 24 * 60, scrapes=700)
+    windows = [
+        (START, START + timedelta(days=3), timedelta(days=1)),  # on the hour: hour rows only
+        (START + 37 * MINUTE, START + timedelta(days=3, minutes=11), timedelta(days=1)),  # part-hours at the edges
+        (START + 37 * MINUTE, START + timedelta(days=2), 6 * HOUR),
+        (START + 5 * MINUTE, START + timedelta(days=1), 2 * HOUR),
+        (START - timedelta(hours=3), START + timedelta(days=4, hours=3), HOUR),
+        (START + 13 * MINUTE, START + timedelta(days=1), HOUR),  # no hour inside a step: minutes only
+        (START, START + timedelta(days=2), 90 * MINUTE),  # not whole hours: minutes only
+    ]
+    for _ in range(6):
+        start = START + rng.randrange(3 * 24 * 60) * MINUTE
+        windows.append((start, start + rng.randrange(60, 3 * 24 * 60) * MINUTE, rng.randrange(1, 30) * HOUR))
+    for start, end, step in windows:
+        answer = deployment_metrics(chat, start=start, end=end, step=step)
+        steps, summary = minutes_only(chat, start, end, step)
+        assert (answer.steps, answer.summary) == (steps, summary), (start, end, step)
+        assert summary.requests > 0
+
+
+def test_whole_hours_of_a_step_are_read_from_the_hour_rows(tenant_a, chat):
+    # Made directly, without their minutes: only an hour row can answer 10:00-11:00, only minute
+    # rows the part-hour 11:00-11:30 of the window's end.
+    LatencyHourRollupFactory(deployment=chat, hour=START, request_count=40, ttft=histogram(TTFT_LE, [0, 0, 0, 40, 0]))
+    LatencyRollupFactory(deployment=chat, minute=START + 70 * MINUTE, request_count=10,
+                         ttft=histogram(TTFT_LE, [10, 0, 0, 0, 0]))
+    body = metrics(tenant_a, chat, start="2025-03-01T10:00:00Z", end="2025-03-01T11:30:00Z", step="1h")
+    assert [step["requests"] for step in body["steps"]] == [40, 10]
+    assert [step["ttft_ms"]["p50"] for step in body["steps"]] == [pytest.approx(750), pytest.approx(50)]
