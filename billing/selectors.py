@@ -137,10 +137,6 @@ class DeploymentMetrics:
 COST_QUANTUM = Decimal("0.000001")
 
 
-def floor_hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
 # Ranges per query: a 31-day window in steps of 2 hours that does not start on the hour has ~370
 # part-hours to read by the minute; SQLite refuses expressions deeper than 1,000.
 RANGES_PER_QUERY = 100
@@ -181,7 +177,7 @@ def _replica_spans(deployment: Deployment, start: datetime, end: datetime) -> li
 
 def _hourly(deployment: Deployment, meter_slug: str, start: datetime, end: datetime) -> QuerySet:
     return (scoped(UsageRollup, deployment.tenant)
-            .filter(deployment=deployment, meter__slug=meter_slug, hour__gte=floor_hour(start), hour__lt=end))
+            .filter(deployment=deployment, meter__slug=meter_slug, hour__gte=metrics.floor_hour(start), hour__lt=end))
 
 
 def _capacity(deployment: Deployment, start: datetime, end: datetime) -> tuple[list[AcceleratorHour], CapacityTotals]:
