@@ -66,28 +66,29 @@ class UsageRollupFactory(factory.django.DjangoModelFactory):
         return super()._create(model_class, *args, **kwargs)
 
 
-class LatencyRollupFactory(factory.django.DjangoModelFactory):
+class _LatencyHistogramsFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = LatencyRollup
+        abstract = True
 
     tenant = factory.SelfAttribute("deployment.tenant")
-    minute = factory.LazyFunction(lambda: at("2025-03-01T10:00"))
     request_count = 0
     ttft = factory.LazyFunction(dict)
     tpot = factory.LazyFunction(dict)
     e2e = factory.LazyFunction(dict)
 
 
-class LatencyHourRollupFactory(factory.django.DjangoModelFactory):
+class LatencyRollupFactory(_LatencyHistogramsFactory):
+    class Meta:
+        model = LatencyRollup
+
+    minute = factory.LazyFunction(lambda: at("2025-03-01T10:00"))
+
+
+class LatencyHourRollupFactory(_LatencyHistogramsFactory):
     """An hour row made directly: the collector keeps it the merge of its minute rows, a test
     that makes one alone says so."""
 
     class Meta:
         model = LatencyHourRollup
 
-    tenant = factory.SelfAttribute("deployment.tenant")
     hour = factory.LazyFunction(lambda: at("2025-03-01T10:00"))
-    request_count = 0
-    ttft = factory.LazyFunction(dict)
-    tpot = factory.LazyFunction(dict)
-    e2e = factory.LazyFunction(dict)
