@@ -450,3 +450,37 @@ def test_the_close_command_finalizes_a_month_and_fails_naming_an_invoice_it_cann
     assert re.search(r"Finalized 1 invoice\(s\): SY-\d{4}-000001", out.getvalue())  # numbered in the year of the run
     with pytest.raises(CommandError, match="YYYY-MM"):
         call_command("close_billing_period", "--period", "January")
+
+
+def test_a_close_of_many_tenants_reads_each_chunk_by_id_range_and_uses_only_its_own_tenants_rows():
+    """More than 64 tenants in a chunk: grants, profiles, deployments and webhooks are read by the
+    chunk's tenant-id range. A tenant inside that range that is not being closed (its month has no
+    usage) must lend none of its rows to the others and get nothing written."""
+    closing = []
+    for index in range(75):
+        customer = tenant(country="US")
+        rollup(deployment(customer, name=f"serving-{index}"), "output_tokens", "2026-01-20T10:00", 3_000)
+        closing.append(customer)
+        if index == 30:  # an idle tenant in the middle of the id range, with credit and another profile
+            idle = tenant(country="DE", vat_id="DE136695976")
+            deployment(idle, name="idle-serving")
+            idle_grant = credit_grant_create(actor=system_actor(idle), kind="prepaid", amount=Decimal("50.00"),
+                                             currency="USD", effective_at=at("2025-12-01T00:00"))
+    paying = closing[40]
+    grant = credit_grant_create(actor=system_actor(paying), kind="prepaid", amount=Decimal("1.00"),
+                                effective_at=at("2025-12-01T00:00"))
+
+    report = period_close(now=CLOSE_JAN, chunk_size=70)  # chunks of 70 (an id range) and 5 (a list)
+
+    assert len(report.finalized) == 75 and not report.failed
+    assert not Invoice.objects.filter(tenant=idle).exists()
+    assert not ClosedPeriod.objects.filter(tenant=idle).exists()
+    assert balance(idle_grant) == Decimal("50.00")
+    assert balance(grant) == 0
+    for index, customer in enumerate(closing):
+        invoice = Invoice.objects.get(tenant=customer, period=JAN)
+        # 3,000 output tokens × 0.001 (volume tier 2) = 3.00 USD; US: no VAT.
+        assert invoice.subtotal == Decimal("3.00") and invoice.tax == 0, customer
+        assert invoice.credits_applied == (Decimal("1.00") if customer == paying else 0)
+        assert invoice.bill_to["name"] == f"{customer.name} Ltd" and invoice.bill_to["country"] == "US"
+        assert [line.deployment_name for line in invoice.lines.all()] == [f"serving-{index}"]
