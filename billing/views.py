@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.http import urlencode
 
-from billing import budgets, charts, documents, profiles, selectors
+from billing import budgets, charts, documents, metrics, profiles, selectors
 from billing.forms import BillingProfileForm, BudgetForm, UsageRangeForm
 from scheduler.models import Deployment
 from tenants.errors import ServiceError
@@ -47,6 +47,9 @@ class LatencyWindow:
 LATENCY_WINDOWS = {
     "1h": LatencyWindow("1h", "Last hour", timedelta(hours=1), timedelta(minutes=1)),
     "24h": LatencyWindow("24h", "Last 24 hours", timedelta(hours=24), timedelta(minutes=15)),
+    # Steps of whole hours, on the hour: read from the hourly latency rollups.
+    "7d": LatencyWindow("7d", "Last 7 days", timedelta(days=7), timedelta(hours=1)),
+    "30d": LatencyWindow("30d", "Last 30 days", timedelta(days=30), timedelta(hours=6)),
 }
 DEFAULT_LATENCY_WINDOW = "1h"
 
@@ -56,8 +59,13 @@ def latency_window(key: str | None) -> LatencyWindow:
 
 
 def latency_range(window: LatencyWindow, now: datetime) -> tuple[datetime, datetime]:
-    """The window ending with the current (unfinished) minute, in whole minutes."""
-    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    """The window ending with the current (unfinished) minute, in whole minutes — or, for steps of
+    whole hours, with the current hour: its steps then start on the hour, stay put from one
+    minute to the next, and are read from hourly rollups (billing.metrics.rollup_plan)."""
+    if window.step % timedelta(hours=1):
+        end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    else:
+        end = metrics.floor_hour(now) + timedelta(hours=1)
     return end - window.span, end
 
 

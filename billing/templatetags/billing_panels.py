@@ -45,11 +45,25 @@ def deployment_latency_panel(context, deployment):
         "windows": windows,
         "summary": summary,
         "rows": rows,
-        "step_minutes": int(window.step.total_seconds() // 60),
+        "step_text": _duration_text(window.step),
         "chart_url": f"{reverse('deployment-latency-chart', args=[deployment.public_id])}?"
                      f"{urlencode({'window': window.key})}",
         "metrics_api_url": reverse("api-deployment-metrics", args=[deployment.public_id]),
+        "metrics_api_query": urlencode({"window": window.key, "step": _duration_parameter(window.step)}),
     }
+
+
+def _duration_text(step) -> str:
+    """1 minute · 15 minutes · 1 hour · 6 hours."""
+    minutes = int(step.total_seconds() // 60)
+    count, unit = (minutes // 60, "hour") if minutes % 60 == 0 else (minutes, "minute")
+    return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+def _duration_parameter(step) -> str:
+    """The API's spelling of a step: 15m, 6h."""
+    minutes = int(step.total_seconds() // 60)
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
 
 
 @register.filter

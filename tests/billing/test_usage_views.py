@@ -5,6 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from billing.collectors import latency_delta_add
+from billing.views import LATENCY_WINDOWS, latency_range
 from tenants.roles import Role
 from tests.billing.factories import TPOT_LE, TTFT_LE, LatencyRollupFactory, UsageRollupFactory, at, histogram
 from tests.cross_tenant_objects import make_deployment
@@ -129,6 +131,26 @@ def test_the_panel_switches_to_the_last_day(tenant_a, chat, owner):
     assert 'data-testid="latency-empty"' in last_hour
     last_day = owner.get(f"/deployments/{chat.public_id}/", {"latency": "24h"}).content.decode()
     assert "9 requests" in last_day and "latency-chart.json?window=24h" in last_day
+
+
+def test_the_panel_shows_the_last_week_and_month_from_hourly_rollups(tenant_a, chat, owner):
+    # Written as the scrape collector writes them: the minute row and its hour's row together.
+    for minutes_ago, requests in ((3 * 24 * 60, 40), (20 * 24 * 60, 2)):
+        latency_delta_add(deployment=chat, minute=_recent_minute(minutes_ago), request_count=requests,
+                          histograms={"ttft": histogram(TTFT_LE, [requests, 0, 0, 0, 0])}, now=timezone.now())
+    last_week = owner.get(f"/deployments/{chat.public_id}/", {"latency": "7d"}).content.decode()
+    assert "40 requests" in last_week and "in steps of 1 hour" in last_week
+    assert "?window=7d&amp;step=1h" in last_week
+    last_month = owner.get(f"/deployments/{chat.public_id}/", {"latency": "30d"}).content.decode()
+    assert "42 requests" in last_month and "in steps of 6 hours" in last_month
+    figure = owner.get(f"/deployments/{chat.public_id}/latency-chart.json", {"window": "30d"}).json()
+    assert len(figure["data"][0]["x"]) == 30 * 4
+
+
+def test_windows_in_steps_of_hours_end_with_the_current_hour():
+    now = at("2026-03-10T14:37")
+    assert latency_range(LATENCY_WINDOWS["7d"], now) == (at("2026-03-03T15:00"), at("2026-03-10T15:00"))
+    assert latency_range(LATENCY_WINDOWS["24h"], now) == (at("2026-03-09T14:38"), at("2026-03-10T14:38"))
 
 
 def test_the_latency_chart_draws_percentiles_and_the_slo(tenant_a, chat, owner):
