@@ -44,3 +44,32 @@ def test_an_owner_opens_an_invoice_and_drills_down_to_the_hours_behind_a_line(li
     page.goto(f"{live_server.url}/billing/invoices/{invoice.public_id}/print/")
     assert "Invoice SY-2026-000001" in page.inner_text("h1")
     page.screenshot(path=str(screenshot_dir / "invoice-print.png"), full_page=True)
+
+
+def test_an_owner_sets_a_vat_id_and_sees_the_reverse_charge_apply(live_server, browser_page, screenshot_dir):
+    books()
+    customer = tenant(country="US")
+    owner = UserFactory()
+    MembershipFactory(tenant=customer, user=owner, role=Role.OWNER)
+
+    page = browser_page
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", owner.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/billing/invoices/")
+    page.click("text=Billing profile")
+    page.select_option("select[name=country]", "DE")
+    page.fill("input[name=vat_id]", "DE 136 695 977")  # a wrong check digit
+    page.click("[data-testid=billing-profile-form] button[type=submit]")
+    assert "VAT" in page.inner_text("[data-testid=billing-profile-form] .errorlist")
+    customer.refresh_from_db()
+    assert customer.billing_country == "US"  # nothing was saved
+
+    page.fill("input[name=vat_id]", "DE 136 695 976")
+    page.click("[data-testid=billing-profile-form] button[type=submit]")
+    page.wait_for_selector("text=Billing profile saved")
+    tax = page.inner_text("[data-testid=billing-profile-tax]")
+    assert "0 %" in tax and "reverse charge" in tax.lower()
+    assert page.input_value("input[name=vat_id]") == "DE136695976"
+    page.screenshot(path=str(screenshot_dir / "billing-profile.png"), full_page=True)
