@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from console.demo import DEMO_OWNER_EMAIL, DEMO_TENANT_NAME, demo_seed
-from tenants.models import Tenant
+from tenants.models import Tenant, User
 
 MANAGE = str(settings.BASE_DIR / "manage.py")
 START_TIMEOUT = 90  # seconds until the URL line: migrations on a fresh database, three processes starting
@@ -324,3 +324,13 @@ def test_demo_seed_creates_a_working_login_and_api_key_once(db):
 def test_demo_seed_leaves_a_database_with_tenants_alone(tenant_a):
     assert demo_seed() is None
     assert not Tenant.objects.filter(name=DEMO_TENANT_NAME).exists()
+
+
+@pytest.mark.django_db
+def test_the_demo_password_is_drawn_again_when_the_validators_refuse_it(monkeypatch):
+    # A real draw of secrets.token_urlsafe(12) that the similarity check refuses for the demo email.
+    draws = iter(["EsTiyho5NLDeaWMO", "k3Vq9-ZpR2xWm8Tb"])
+    monkeypatch.setattr("console.demo.secrets.token_urlsafe", lambda _bytes: next(draws))
+    credentials = demo_seed()
+    assert credentials.password == "k3Vq9-ZpR2xWm8Tb"
+    assert User.objects.get(email=DEMO_OWNER_EMAIL).check_password("k3Vq9-ZpR2xWm8Tb")
