@@ -35,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from functools import cache
@@ -223,13 +224,23 @@ class RunCache:
     price_texts: dict = field(default_factory=dict)  # (id(book), meter, tier) → describe_price
 
 
-def _customer(tenant: Tenant, profile: BillingProfile | None) -> Customer:
+class ProfileFields(Protocol):
+    """What an invoice reads of a tenant's BillingProfile (`_profiles_for` gives rows of these fields)."""
+
+    legal_name: str
+    address: str
+    vat_id: str
+    is_business: bool
+    invoice_email: str
+
+
+def _customer(tenant: Tenant, profile: ProfileFields | None) -> Customer:
     if profile is None:
         return Customer(country=tenant.billing_country, is_business=True, vat_id=None)
     return Customer(country=tenant.billing_country, is_business=profile.is_business, vat_id=profile.vat_id or None)
 
 
-def _bill_to(tenant: Tenant, profile: BillingProfile | None) -> dict:
+def _bill_to(tenant: Tenant, profile: ProfileFields | None) -> dict:
     return {"name": (profile.legal_name if profile and profile.legal_name else tenant.name),
             "address": profile.address if profile else "", "country": tenant.billing_country,
             "vat_id": profile.vat_id if profile else "", "is_business": profile.is_business if profile else True,
@@ -271,7 +282,7 @@ def _already_billed(tenant: Tenant, usage_period: date) -> list[rating.Quantity]
 
 
 def compute_invoice(*, tenant: Tenant, period: date, usage: TenantUsage, grants: list[rating.CreditGrant],
-                    profile: BillingProfile | None, cache: RunCache) -> Computed:
+                    profile: ProfileFields | None, cache: RunCache) -> Computed:
     """Lines, credits, tax and totals of `tenant`'s invoice for `period`. Raises NoPriceBook,
     rating.RatingError / PriceError, CurrencyError or TaxError when it cannot be computed."""
     book = effective_price_book_for(tenant, period, cache=cache.books)
@@ -304,7 +315,7 @@ def _grants_for(tenant_ids: Iterable[int]) -> dict[int, list[rating.CreditGrant]
     return grants
 
 
-def _profiles_for(tenant_ids: Iterable[int]) -> dict[int, BillingProfile]:
+def _profiles_for(tenant_ids: Iterable[int]) -> dict[int, ProfileFields]:
     """The fields of each tenant's billing profile that an invoice uses (rows, not model objects:
     the close reads thousands)."""
     wanted = set(tenant_ids)
@@ -409,7 +420,7 @@ def _update_invoices(invoices: list[Invoice], fields: list[str]) -> None:
                        f"WITH NO DATA")
         with cursor.cursor.copy(f"COPY billing_invoice_new ({names}) FROM STDIN") as copy:
             for invoice in invoices:
-                copy.write_row([invoice.pk, *(json.dumps(getattr(invoice, column.attname))
+                copy.write_row([invoice.pk, *(orjson.dumps(getattr(invoice, column.attname)).decode()
                                               if column.attname in json_columns else getattr(invoice, column.attname)
                                               for column in columns)])
         assignments = ", ".join(f"{quote(column.column)} = new.{quote(column.column)}" for column in columns)

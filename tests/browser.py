@@ -42,6 +42,15 @@ def browser_page(allow_orm_beside_playwrights_event_loop):
             browser.close()
 
 
+def log_in(page, base: str, email: str, password: str) -> None:
+    """Sign in through the login page and wait for the console's home."""
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]:has-text('Log in')")
+    page.wait_for_url(f"{base}/")
+
+
 @pytest.fixture
 def screenshot_dir(tmp_path) -> Path:
     """Where screenshots go: SWITCHYARD_SCREENSHOT_DIR to keep them, else a temporary folder."""

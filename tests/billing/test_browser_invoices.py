@@ -3,7 +3,7 @@
 from billing.invoicing import period_close
 from billing.models import Invoice
 from tests.billing.invoicing_helpers import at, books, deployment, rollup, tenant
-from tests.browser import BROWSER_TEST
+from tests.browser import BROWSER_TEST, log_in
 from tests.factories import PASSWORD, MembershipFactory, UserFactory
 from tenants.roles import Role
 
@@ -23,10 +23,7 @@ def test_an_owner_opens_an_invoice_and_drills_down_to_the_hours_behind_a_line(li
     invoice = Invoice.objects.get(tenant=customer)
 
     page = browser_page
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", owner.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    log_in(page, live_server.url, owner.email, PASSWORD)
     page.goto(f"{live_server.url}/billing/invoices/")
     page.click("text=January 2026")
     page.wait_for_selector("[data-testid=invoice-total]")
@@ -53,10 +50,7 @@ def test_an_owner_sets_a_vat_id_and_sees_the_reverse_charge_apply(live_server, b
     MembershipFactory(tenant=customer, user=owner, role=Role.OWNER)
 
     page = browser_page
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", owner.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    log_in(page, live_server.url, owner.email, PASSWORD)
     page.goto(f"{live_server.url}/billing/invoices/")
     page.click("text=Billing profile")
     page.select_option("select[name=country]", "DE")

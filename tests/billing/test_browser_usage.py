@@ -6,19 +6,11 @@ from datetime import timedelta
 from django.utils import timezone
 
 from tests.billing.factories import TTFT_LE, LatencyRollupFactory, UsageRollupFactory, at, histogram
-from tests.browser import BROWSER_TEST
+from tests.browser import BROWSER_TEST, log_in
 from tests.cross_tenant_objects import make_deployment
 from tests.factories import PASSWORD
 
 pytestmark = BROWSER_TEST
-
-
-def log_in(page, base, user):
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=username]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]:has-text('Log in')")
-    page.wait_for_url(f"{base}/")
 
 
 def test_the_usage_page_draws_usage_by_meter_per_day(live_server, browser_page, screenshot_dir, tenant_a):
@@ -30,7 +22,7 @@ def test_the_usage_page_draws_usage_by_meter_per_day(live_server, browser_page, 
         UsageRollupFactory(deployment=chat, meter="accelerator_seconds", tier="h100-80gb-on-demand", hour=hour,
                            quantity="86400")
     page, base = browser_page, live_server.url
-    log_in(page, base, tenant_a.owner)
+    log_in(page, base, tenant_a.owner.email, PASSWORD)
 
     page.click("nav.sidebar >> text=Usage")
     page.wait_for_url(f"{base}/usage/")
@@ -54,7 +46,7 @@ def test_the_deployment_page_draws_its_latency_chart(live_server, browser_page, 
         LatencyRollupFactory(deployment=chat, minute=now - timedelta(minutes=minutes_ago), request_count=30,
                              ttft=histogram(TTFT_LE, [5, 10, 12, 3, 0]))
     page, base = browser_page, live_server.url
-    log_in(page, base, tenant_a.owner)
+    log_in(page, base, tenant_a.owner.email, PASSWORD)
     page.goto(f"{base}/deployments/{chat.public_id}/")
     page.wait_for_selector("[data-testid=latency-chart][data-chart-state=drawn]")
     assert "within" in page.locator("[data-testid=latency-table]").inner_text()

@@ -4,7 +4,7 @@ Same launch as tests/scheduler/test_browser_models.py. Set SWITCHYARD_SCREENSHOT
 the screenshots for a look.
 """
 
-from tests.browser import BROWSER_TEST
+from tests.browser import BROWSER_TEST, log_in
 from tests.cross_tenant_objects import small_fleet
 from tests.factories import PASSWORD
 from tests.scheduler.test_deployment_views import deploy, place, register
@@ -26,11 +26,7 @@ def test_the_deployment_page_says_why_each_replica_runs_where_it_does_and_follow
 
     page = browser_page
     base = live_server.url
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=username]", tenant_a.owner.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]:has-text('Log in')")
-    page.wait_for_url(f"{base}/")
+    log_in(page, base, tenant_a.owner.email, PASSWORD)
 
     page.click("nav.sidebar >> text=Deployments")
     page.wait_for_url(f"{base}/deployments/")

@@ -8,7 +8,7 @@ Set SWITCHYARD_SCREENSHOT_DIR to keep the screenshots for a look.
 import re
 
 
-from tests.browser import BROWSER_TEST
+from tests.browser import BROWSER_TEST, log_in
 from tests.factories import PASSWORD
 
 pytestmark = BROWSER_TEST
@@ -22,11 +22,7 @@ def test_register_from_a_template_and_compare_tiers_with_the_chart(live_server, 
     page.on("request", lambda request: None if request.url.startswith(base) or request.url.startswith("data:")
             else requests_outside.append(request.url))
 
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=username]", tenant_a.owner.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]:has-text('Log in')")
-    page.wait_for_url(f"{base}/")
+    log_in(page, base, tenant_a.owner.email, PASSWORD)
 
     page.click("nav.sidebar >> text=Models")
     page.wait_for_url(f"{base}/models/")
